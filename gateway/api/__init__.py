@@ -1,0 +1,1 @@
+"""JSON APIs: the customer's (public listener) and ops' (admin listener)."""

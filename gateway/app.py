@@ -1,0 +1,113 @@
+"""create_apps(settings, catalog, ...): the public and admin applications, sharing one Gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api import account, admin
+from gateway.catalog.live import LiveCatalog
+from gateway.catalog.models import Catalog
+from gateway.clock import Clock, system_clock
+from gateway.context import GATEWAY, Gateway
+from gateway.http import admin_middleware, public_middleware
+from gateway.metrics import Metrics
+from gateway.proxy.auth import KeyCache
+from gateway.proxy.handler import proxy
+from gateway.proxy.leases import InFlight, renew_forever
+from gateway.proxy.upstream import new_session
+from gateway.settings import Settings
+from gateway.store.accounts import Accounts
+from gateway.store.connect import connect
+from gateway.store.ledger import Ledger
+
+
+def build_gateway(
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    client: Any = None,
+    clock: Clock = system_clock,
+    metrics: Metrics | None = None,
+) -> Gateway:
+    """Wire the dependencies; nothing is opened until the public app starts."""
+    metrics = metrics or Metrics()
+    client = client if client is not None else connect(settings)
+    ledger = Ledger(client, metrics, settings.redis_timeout_s)
+    return Gateway(
+        settings=settings,
+        catalog=LiveCatalog(catalog),
+        client=client,
+        metrics=metrics,
+        clock=clock,
+        ledger=ledger,
+        accounts=Accounts(client),
+        keys=KeyCache(ledger, ttl_s=settings.key_cache_ttl_s),
+        inflight=InFlight(metrics),
+    )
+
+
+def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
+    """The public and the admin application. Start the public one first: it owns resources."""
+    public = web.Application(middlewares=[public_middleware])
+    public[GATEWAY] = gw
+    public.add_routes(account.routes)
+    public.router.add_route("*", "/{tail:.*}", proxy)
+    public.cleanup_ctx.extend([_upstream_session, _store_client, _lease_renewer])
+
+    admin_app = web.Application(middlewares=[admin_middleware])
+    admin_app[GATEWAY] = gw
+    admin_app.add_routes(admin.routes)
+    return public, admin_app
+
+
+async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    gw.http = new_session()
+    yield
+    await gw.http.close()
+
+
+async def _store_client(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[GATEWAY].client.aclose()
+
+
+async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    task = asyncio.create_task(
+        renew_forever(
+            gw.inflight,
+            gw.ledger,
+            gw.clock,
+            lambda: float(gw.catalog.current.catalog.limits.lease_ttl_s),
+        )
+    )
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    gw: Gateway, *, host: str, port: int, admin_host: str, admin_port: int
+) -> AsyncIterator[tuple[int, int]]:
+    """Run both listeners; yields the bound (public, admin) ports (useful with port 0)."""
+    public, admin_app = create_apps(gw)
+    runners = [web.AppRunner(public, access_log=None), web.AppRunner(admin_app, access_log=None)]
+    ports: list[int] = []
+    try:
+        for runner, (h, p) in zip(runners, ((host, port), (admin_host, admin_port)), strict=True):
+            await runner.setup()
+            site = web.TCPSite(runner, h, p, reuse_port=True)
+            await site.start()
+            ports.append(int(runner.addresses[0][1]))
+        yield ports[0], ports[1]
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

@@ -1,0 +1,1 @@
+"""Billing rules as pure functions of their inputs and the clock."""

@@ -1,0 +1,160 @@
+"""Frozen, validated models of the catalog (SPEC section 2)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+PosInt = Annotated[int, Field(ge=1, strict=True)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Upstream(_Frozen):
+    url: str
+    timeout_s: PosFloat = 180.0
+    connect_timeout_s: PosFloat = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+
+class FlagRule(_Frozen):
+    """Adds `credits` once when any of the `when` body paths is truthy."""
+
+    when: tuple[str, ...]
+    credits: NonNegInt
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("when")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(
+            not path or path.startswith(".") or path.endswith(".") for path in value
+        ):
+            raise ValueError("must name one or more body paths like include.rawResponse")
+        return value
+
+
+class PerRule(_Frozen):
+    """Adds `credits` for every unit of the integer body field `per` above `free`."""
+
+    per: str
+    credits: NonNegInt
+    free: NonNegInt = 0
+    min: NonNegInt = 1
+    max: PosInt
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PerRule:
+        if self.max < self.free:
+            raise ValueError("max must not be below free")
+        if self.max < self.min:
+            raise ValueError("max must not be below min")
+        return self
+
+
+class Price(_Frozen):
+    base: NonNegInt
+    add: tuple[FlagRule | PerRule, ...] = ()
+
+    @property
+    def reads_body(self) -> bool:
+        return bool(self.add)
+
+
+class Route(_Frozen):
+    path: str | None = None
+    path_prefix: str | None = None
+    methods: tuple[str, ...] = ("GET",)
+    upstream: str
+    enterprise_only: bool = False
+    price: Price | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(m.upper() for m in value)
+        unknown = sorted(set(upper) - HTTP_METHODS)
+        if unknown:
+            raise ValueError(f"unknown HTTP method(s) {', '.join(unknown)}")
+        if not upper:
+            raise ValueError("must list at least one method")
+        return upper
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> Route:
+        matcher = self.path if self.path is not None else self.path_prefix
+        if (self.path is None) == (self.path_prefix is None):
+            raise ValueError("give exactly one of path or path_prefix")
+        if not matcher or not matcher.startswith("/"):
+            raise ValueError("path must start with /")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The label used in metrics, logs and usage: the configured path."""
+        return self.path if self.path is not None else f"{self.path_prefix}*"
+
+
+class Plan(_Frozen):
+    price_cents: NonNegInt
+    credits: NonNegInt
+    concurrency: PosInt
+    rate_limit_rps: PosInt
+
+
+class Limits(_Frozen):
+    lease_ttl_s: PosInt = 30
+    max_request_body_bytes: PosInt = 1_048_576
+    charge_on_client_cancel: bool = True
+    shutdown_grace_s: NonNegInt = 30
+
+
+class MetricsOptions(_Frozen):
+    per_org: bool = False
+
+
+class Catalog(_Frozen):
+    upstreams: dict[str, Upstream]
+    routes: tuple[Route, ...]
+    plans: dict[str, Plan]
+    limits: Limits = Limits()
+    metrics: MetricsOptions = MetricsOptions()
+    version: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Catalog:
+        problems: list[str] = []
+        seen: set[tuple[str, str, str]] = set()
+        for index, route in enumerate(self.routes):
+            if route.upstream not in self.upstreams:
+                problems.append(f"routes[{index}].upstream: unknown upstream {route.upstream!r}")
+            kind = "path" if route.path is not None else "path_prefix"
+            matcher = route.path or route.path_prefix or ""
+            for method in route.methods:
+                if (kind, matcher, method) in seen:
+                    problems.append(f"routes[{index}]: duplicate route {method} {matcher}")
+                seen.add((kind, matcher, method))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self

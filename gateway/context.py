@@ -1,0 +1,47 @@
+"""What a running gateway holds, and the typed keys that reach it from a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.catalog.live import LiveCatalog
+from gateway.clock import Clock, to_ms
+from gateway.metrics import Metrics
+from gateway.proxy.auth import KeyCache
+from gateway.proxy.leases import InFlight
+from gateway.settings import Settings
+from gateway.store.accounts import Accounts
+from gateway.store.ledger import Ledger
+
+
+@dataclass
+class Gateway:
+    """The process's dependencies, built once by create_apps and shared by both listeners."""
+
+    settings: Settings
+    catalog: LiveCatalog
+    client: Any
+    metrics: Metrics
+    clock: Clock
+    ledger: Ledger
+    accounts: Accounts
+    keys: KeyCache
+    inflight: InFlight
+    http: aiohttp.ClientSession = field(init=False)
+
+    def now_ms(self) -> int:
+        return to_ms(self.clock())
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+# Per-request values the middleware reads after the handler: plain str keys, as aiohttp wants.
+REQUEST_ID = "gateway.request_id"
+ROUTE = "gateway.route"
+WHO = "gateway.who"
+OUTCOME = "gateway.outcome"
+TRACKING = "gateway.tracking"

@@ -1,0 +1,1 @@
+"""`gateway demo`: an embedded store, a demo upstream and a seeded account."""

@@ -1,0 +1,146 @@
+"""The one error tree: every class knows its HTTP status, error code and metrics outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from gateway.clock import iso
+
+
+class GatewayError(Exception):
+    """Base of every error that reaches a client as the JSON error envelope."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    outcome: ClassVar[str] = "error"
+    default_message: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details: dict[str, Any] = dict(details or {})
+        self.headers: dict[str, str] = dict(headers or {})
+        super().__init__(self.message)
+
+    def envelope(self, now: datetime) -> dict[str, Any]:
+        """The JSON body of SPEC section 4."""
+        return {
+            "success": False,
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": self.details,
+                "timestamp": iso(now),
+            },
+        }
+
+
+class NotFound(GatewayError):
+    status, code, outcome, default_message = (
+        404,
+        "RESOURCE_NOT_FOUND",
+        "rejected_input",
+        "Not found",
+    )
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, outcome = 405, "METHOD_NOT_ALLOWED", "rejected_input"
+    default_message = "Method not allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, outcome = 413, "PAYLOAD_TOO_LARGE", "rejected_input"
+    default_message = "Request body too large"
+
+
+class ValidationFailed(GatewayError):
+    status, code, outcome = 400, "VALIDATION_ERROR", "rejected_input"
+    default_message = "Invalid request"
+
+
+class MissingApiKey(GatewayError):
+    status, code, outcome = 401, "MISSING_API_KEY", "rejected_auth"
+    default_message = "Missing API key: send Authorization: Bearer <key>"
+
+
+class InvalidApiKey(GatewayError):
+    status, code, outcome = 401, "INVALID_API_KEY", "rejected_auth"
+    default_message = "Invalid or revoked API key"
+
+
+class SubscriptionInactive(GatewayError):
+    status, code, outcome = 403, "SUBSCRIPTION_INACTIVE", "rejected_permission"
+    default_message = "The subscription is not active"
+
+
+class InsufficientPermissions(GatewayError):
+    status, code, outcome = 403, "INSUFFICIENT_PERMISSIONS", "rejected_permission"
+    default_message = "This route is not available on your plan"
+
+
+class InsufficientCredits(GatewayError):
+    status, code, outcome = 403, "INSUFFICIENT_CREDITS", "rejected_credits"
+    default_message = "Not enough credits left in this billing cycle"
+
+
+class RateLimitExceeded(GatewayError):
+    status, code, outcome = 429, "RATE_LIMIT_EXCEEDED", "rejected_rate"
+    default_message = "Too many requests per second"
+
+
+class ConcurrentLimitExceeded(GatewayError):
+    status, code, outcome = 429, "CONCURRENT_LIMIT_EXCEEDED", "rejected_concurrency"
+    default_message = "Too many concurrent requests for this organization"
+
+
+class UpstreamError(GatewayError):
+    status, code, outcome = 502, "UPSTREAM_ERROR", "upstream_error"
+    default_message = "The upstream could not be reached"
+
+
+class UpstreamTimeout(GatewayError):
+    status, code, outcome = 504, "UPSTREAM_TIMEOUT", "upstream_timeout"
+    default_message = "The upstream did not answer in time"
+
+
+class ServiceUnavailable(GatewayError):
+    status, code, outcome = 503, "SERVICE_UNAVAILABLE", "unavailable"
+    default_message = "The gateway's store is unavailable; retry shortly"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class Unauthorized(GatewayError):
+    status, code, outcome = 401, "UNAUTHORIZED", "rejected_auth"
+    default_message = "Missing or wrong admin token"
+
+
+class AdminDisabled(GatewayError):
+    status, code, outcome = 403, "ADMIN_DISABLED", "rejected_auth"
+    default_message = "The admin API is disabled: set GATEWAY_ADMIN_TOKEN"
+
+
+class Conflict(GatewayError):
+    status, code, outcome = 409, "CONFLICT", "rejected_input"
+    default_message = "Conflict"
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered nonsense; mapped to ServiceUnavailable."""
+
+
+class CatalogInvalid(Exception):
+    """A catalog failed validation; `problems` holds one `location: message` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))

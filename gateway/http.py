@@ -1,0 +1,116 @@
+"""The boundary: errors become the JSON envelope here, and only here, and are counted here."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, WHO
+from gateway.errors import (
+    AdminDisabled,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    StoreError,
+    Unauthorized,
+    ValidationFailed,
+)
+from gateway.store.ledger import Identity
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+access_log = logging.getLogger("gateway.access")
+log = logging.getLogger(__name__)
+
+
+def as_gateway_error(exc: BaseException) -> GatewayError:
+    """Translate anything a handler raised into the one error tree."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, StoreError):
+        return ServiceUnavailable()
+    if isinstance(exc, web.HTTPException):
+        if exc.status == 404:
+            return NotFound()
+        if exc.status == 405:
+            return MethodNotAllowed()
+        if exc.status == 413:
+            return PayloadTooLarge()
+        if 400 <= exc.status < 500:
+            return ValidationFailed(exc.reason)
+    log.exception("unhandled error", exc_info=exc)
+    return GatewayError()
+
+
+def error_response(request: web.Request, err: GatewayError) -> web.Response:
+    now = request.app[GATEWAY].clock()
+    return web.json_response(err.envelope(now), status=err.status, headers=err.headers)
+
+
+@web.middleware
+async def public_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, latency, error envelope, the outcome count and the access line."""
+    started = time.perf_counter()
+    request[REQUEST_ID] = "req_" + uuid.uuid4().hex
+    try:
+        response = await handler(request)
+        outcome = request.get(OUTCOME, "free")
+    except Exception as exc:
+        err = as_gateway_error(exc)
+        response = error_response(request, err)
+        response.headers.update(request.get(TRACKING, {}))
+        outcome = err.outcome
+    seconds = time.perf_counter() - started
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    response.headers["X-Latency-Ms"] = str(int(seconds * 1000))
+    route = request.get(ROUTE, "unmatched")
+    metrics = request.app[GATEWAY].metrics
+    metrics.requests.labels(route, str(response.status), outcome).inc()
+    metrics.request_duration.labels(route).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        who: Identity | None = request.get(WHO)
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            route,
+            response.status,
+            extra={
+                "request_id": request[REQUEST_ID],
+                "account": who.account_id if who else None,
+                "org": who.org_id if who else None,
+                "route": route,
+                "status": response.status,
+                "outcome": outcome,
+                "credits": int(response.headers.get("X-Credits-Charged", 0)),
+                "latency_ms": round(seconds * 1000, 1),
+            },
+        )
+    return response
+
+
+@web.middleware
+async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer admin token on /admin/*, and the same envelope for every error."""
+    try:
+        if request.path.startswith("/admin/") or request.path == "/admin":
+            _check_admin_token(request)
+        return await handler(request)
+    except Exception as exc:
+        return error_response(request, as_gateway_error(exc))
+
+
+def _check_admin_token(request: web.Request) -> None:
+    token = request.app[GATEWAY].settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise AdminDisabled()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    # Constant time, so the token cannot be guessed byte by byte from response times.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized()

@@ -1,0 +1,1 @@
+"""The metered hot path: route, authenticate, price, admit, forward, settle, headers."""

@@ -1,0 +1,194 @@
+"""The hot path, top to bottom: route, authenticate, price, admit, forward, settle, headers."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, WHO, Gateway
+from gateway.errors import (
+    ConcurrentLimitExceeded,
+    GatewayError,
+    InsufficientCredits,
+    InsufficientPermissions,
+    InvalidApiKey,
+    PayloadTooLarge,
+    RateLimitExceeded,
+    StoreError,
+    SubscriptionInactive,
+)
+from gateway.pricing import price_of
+from gateway.proxy.upstream import UpstreamReply, forward, request_headers
+from gateway.store.ledger import Admission, Identity, Settlement
+
+log = logging.getLogger(__name__)
+
+
+async def proxy(request: web.Request) -> web.Response:
+    """Serve one proxied request of the public listener."""
+    gw = request.app[GATEWAY]
+    snapshot = gw.catalog.current  # read once: a reload mid-request does not affect it
+    route = snapshot.match(request.path, request.method)
+    request[ROUTE] = route.name
+    limits = snapshot.catalog.limits
+    body = await _read_body(request, limits.max_request_body_bytes)
+
+    who = await gw.keys.authenticate(request.headers.get("Authorization"))
+    request[WHO] = who
+    price = None if route.price is None else price_of(route.price, body)
+
+    request_id: str = request[REQUEST_ID]
+    admission = await gw.ledger.admit(
+        who,
+        request_id=request_id,
+        now_ms=gw.now_ms(),
+        lease_ttl_ms=limits.lease_ttl_s * 1000,
+        price=price,
+        enterprise_only=route.enterprise_only,
+    )
+    gw.metrics.leases_reclaimed.inc(admission.reclaimed)
+    tracking = _rate_headers(admission)
+    if price is not None:
+        tracking.update(_concurrency_headers(admission))
+        tracking.update(_credit_headers(0, admission.credits_remaining))
+    request[TRACKING] = tracking
+    if not admission.admitted:
+        raise _refusal(admission, price)
+
+    upstream = snapshot.catalog.upstreams[route.upstream]
+    outgoing = request_headers(
+        request.headers, request_id=request_id, who=who, client_ip=request.remote
+    )
+    send = forward(
+        gw.http,
+        upstream,
+        method=request.method,
+        path_qs=request.path_qs,
+        headers=outgoing,
+        body=body,
+    )
+    if price is None:
+        reply = await send
+        request[OUTCOME] = "free" if _success(reply) else "upstream_error"
+        return _respond(reply, tracking)
+
+    started = time.perf_counter()
+    with gw.inflight.holding(who, request_id):
+        try:
+            reply = await send
+        except GatewayError as exc:
+            await _settle(gw, request, who, charge=False, status=exc.status, started=started)
+            raise
+        settled = await _settle(
+            gw,
+            request,
+            who,
+            charge=_success(reply),
+            status=reply.status,
+            started=started,
+            price=price,
+        )
+    gw.metrics.upstream_duration.labels(route.name).observe(reply.seconds)
+    tracking.update(_credit_headers(settled.charged, settled.credits_remaining))
+    request[OUTCOME] = (
+        "upstream_error" if not _success(reply) else "charged" if settled.charged else "free"
+    )
+    if settled.charged:
+        gw.metrics.credits_charged.labels(route.name).inc(settled.charged)
+    return _respond(reply, tracking)
+
+
+async def _settle(
+    gw: Gateway,
+    request: web.Request,
+    who: Identity,
+    *,
+    charge: bool,
+    status: int,
+    started: float,
+    price: int = 0,
+) -> Settlement:
+    try:
+        return await gw.ledger.settle(
+            who,
+            request_id=request[REQUEST_ID],
+            now_ms=gw.now_ms(),
+            charge=charge,
+            route=request[ROUTE],
+            status=status,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+        )
+    except StoreError as exc:
+        # The customer got their answer; the lease lapses by itself after its TTL.
+        log.error("settlement did not reach the store for %s: %s", request[REQUEST_ID], exc)
+        return Settlement(applied=False, charged=price if charge else 0, credits_remaining=0)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(details={"limit_bytes": limit})
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(details={"limit_bytes": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _success(reply: UpstreamReply) -> bool:
+    return 200 <= reply.status < 300
+
+
+def _respond(reply: UpstreamReply, tracking: dict[str, str]) -> web.Response:
+    headers = reply.headers
+    headers.update(tracking)
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+
+def _rate_headers(admission: Admission) -> dict[str, str]:
+    return {
+        "X-RateLimit-Limit": str(admission.rps_limit),
+        "X-RateLimit-Remaining": str(max(0, admission.rps_remaining)),
+    }
+
+
+def _concurrency_headers(admission: Admission) -> dict[str, str]:
+    limit, current = admission.concurrency_limit, admission.concurrency_current
+    values = {
+        "Limit": str(limit),
+        "Current": str(current),
+        "Remaining": str(max(0, limit - current)),
+    }
+    # cloro's docs say X-Concurrent-*, its OpenAPI says X-Concurrency-*: send both.
+    headers = {f"X-Concurrent-{name}": value for name, value in values.items()}
+    headers.update({f"X-Concurrency-{name}": value for name, value in values.items()})
+    return headers
+
+
+def _credit_headers(charged: int, remaining: int) -> dict[str, str]:
+    return {"X-Credits-Charged": str(charged), "X-Credits-Remaining": str(remaining)}
+
+
+def _refusal(admission: Admission, price: int | None) -> GatewayError:
+    code = admission.code
+    if code == "RATE_LIMIT_EXCEEDED":
+        return RateLimitExceeded(
+            details={"limit": admission.rps_limit}, headers={"Retry-After": "1"}
+        )
+    if code == "CONCURRENT_LIMIT_EXCEEDED":
+        return ConcurrentLimitExceeded(
+            details={"limit": admission.concurrency_limit, "current": admission.concurrency_current}
+        )
+    if code == "INSUFFICIENT_CREDITS":
+        return InsufficientCredits(
+            details={"required": price, "remaining": max(0, admission.credits_remaining)}
+        )
+    if code == "SUBSCRIPTION_INACTIVE":
+        return SubscriptionInactive()
+    if code == "INSUFFICIENT_PERMISSIONS":
+        return InsufficientPermissions("This route is open to enterprise accounts only")
+    return InvalidApiKey()

@@ -1,0 +1,33 @@
+"""Process settings: read once from GATEWAY_* variables and CLI flags, never reloaded."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a process needs before it can load the catalog."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    config: str = "config/gateway.yaml"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    redis_sentinel_master: str = "mymaster"
+    # One outer deadline per store call; short so a dead Redis fails closed fast.
+    redis_timeout_s: float = 0.5
+    redis_pool_size: int = 64
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9090
+    admin_token: SecretStr | None = None
+    workers: int = 1
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    # How long an API key's identity is cached in-process. Revocation is checked by the
+    # admit script itself, so this only bounds how long a deleted key's lookup lingers.
+    key_cache_ttl_s: float = 60.0

@@ -1,0 +1,1 @@
+"""Redis: connections, hash-tagged key names, Lua scripts and typed calls on them."""

@@ -1,0 +1,210 @@
+"""Accounts, orgs and API keys in Redis: the writes of the admin API and the reads behind views.
+
+The account hash is the source of truth for everything the admit script needs. Index keys
+(api key hash, org id, key id -> account) are written after it and never change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import string
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gateway.billing.cycles import cycle_at
+from gateway.catalog.models import Plan
+from gateway.clock import from_ms, to_ms
+from gateway.store import keys
+
+_BASE62 = string.digits + string.ascii_letters
+KEY_PREFIX = "sk_live_"
+
+
+def new_id(kind: str, length: int = 16) -> str:
+    return f"{kind}_" + "".join(secrets.choice(_BASE62) for _ in range(length))
+
+
+def new_api_key() -> str:
+    """`sk_live_` + 32 base62 characters (SPEC section 3)."""
+    return KEY_PREFIX + "".join(secrets.choice(_BASE62) for _ in range(32))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    org_id: str
+    prefix: str
+    created_at: datetime
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OrgRecord:
+    id: str
+    name: str
+    concurrency: int
+    in_flight: int = 0
+    keys: tuple[KeyRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    id: str
+    name: str
+    kind: str
+    plan: str | None
+    status: str
+    anchor: datetime
+    cycle_start: datetime
+    cycle_end: datetime
+    allocation: int
+    used: int
+    held: int
+    rate_limit_rps: int
+    overage_allowed: bool
+    created_at: datetime
+    orgs: tuple[OrgRecord, ...] = field(default=())
+
+    @property
+    def remaining(self) -> int:
+        return self.allocation - self.used - self.held
+
+    @property
+    def overage(self) -> int:
+        return max(0, self.used - self.allocation)
+
+
+class Accounts:
+    """Admin-side reads and writes; not on the hot path."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def create_public(
+        self, *, name: str, plan_name: str, plan: Plan, anchor: datetime, now: datetime
+    ) -> AccountRecord:
+        """A public account on `plan`, with its one org."""
+        account_id, org_id = new_id("acct"), new_id("org")
+        start, end = cycle_at(anchor, now)
+        fields: dict[str, str | int] = {
+            "id": account_id,
+            "name": name,
+            "kind": "public",
+            "plan": plan_name,
+            "status": "active",
+            "anchor": to_ms(anchor),
+            "cycle_start": to_ms(start),
+            "cycle_end": to_ms(end),
+            "allocation": plan.credits,
+            "used": 0,
+            "held": 0,
+            "rps": plan.rate_limit_rps,
+            "overage": 0,
+            "created_at": to_ms(now),
+            f"org:{org_id}": json.dumps({"name": name}),
+            f"org:{org_id}:limit": plan.concurrency,
+        }
+        await self.client.hset(keys.account(account_id), mapping=fields)
+        await self.client.set(keys.org_index(org_id), account_id)
+        await self.client.sadd(keys.ACCOUNTS, account_id)
+        record = await self.get(account_id)
+        assert record is not None
+        return record
+
+    async def account_of_org(self, org_id: str) -> str | None:
+        value = await self.client.get(keys.org_index(org_id))
+        return None if value is None else str(value)
+
+    async def create_key(self, org_id: str, now: datetime) -> tuple[KeyRecord, str] | None:
+        """A new key for the org: its record and the plaintext, which is never stored."""
+        account_id = await self.account_of_org(org_id)
+        if account_id is None:
+            return None
+        key_id, plaintext = new_id("key"), new_api_key()
+        record = KeyRecord(key_id, org_id, plaintext[:12], now, revoked=False)
+        meta = {"org": org_id, "prefix": record.prefix, "created_at": to_ms(now), "revoked": False}
+        await self.client.hset(
+            keys.account(account_id),
+            mapping={f"key:{key_id}": org_id, f"keymeta:{key_id}": json.dumps(meta)},
+        )
+        await self.client.set(keys.key_index(key_id), account_id)
+        await self.client.set(keys.api_key(hash_key(plaintext)), f"{account_id}|{org_id}|{key_id}")
+        return record, plaintext
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke at once: the admit script refuses a key whose `key:<id>` field is gone."""
+        account_id = await self.client.get(keys.key_index(key_id))
+        if account_id is None:
+            return False
+        account_key = keys.account(str(account_id))
+        raw = await self.client.hget(account_key, f"keymeta:{key_id}")
+        if raw is None:
+            return False
+        await self.client.hdel(account_key, f"key:{key_id}")
+        meta = json.loads(raw)
+        meta["revoked"] = True
+        await self.client.hset(account_key, f"keymeta:{key_id}", json.dumps(meta))
+        return True
+
+    async def get(self, account_id: str, now_ms: int | None = None) -> AccountRecord | None:
+        """The whole account with its orgs, keys and (given `now_ms`) leases in flight."""
+        raw: dict[str, str] = await self.client.hgetall(keys.account(account_id))
+        if not raw:
+            return None
+        return await self._record(raw, now_ms)
+
+    async def _record(self, raw: dict[str, str], now_ms: int | None) -> AccountRecord:
+        key_records: dict[str, list[KeyRecord]] = {}
+        for name, value in raw.items():
+            if name.startswith("keymeta:"):
+                meta = json.loads(value)
+                key_records.setdefault(meta["org"], []).append(
+                    KeyRecord(
+                        name.removeprefix("keymeta:"),
+                        meta["org"],
+                        meta["prefix"],
+                        from_ms(int(meta["created_at"])),
+                        bool(meta["revoked"]),
+                    )
+                )
+        orgs = []
+        for name, value in raw.items():
+            if name.startswith("org:") and not name.endswith(":limit"):
+                org_id = name.removeprefix("org:")
+                in_flight = 0
+                if now_ms is not None:
+                    in_flight = await self.client.zcount(
+                        keys.leases(raw["id"], org_id), now_ms, "+inf"
+                    )
+                orgs.append(
+                    OrgRecord(
+                        org_id,
+                        json.loads(value)["name"],
+                        int(raw[f"org:{org_id}:limit"]),
+                        in_flight,
+                        tuple(sorted(key_records.get(org_id, []), key=lambda k: k.created_at)),
+                    )
+                )
+        return AccountRecord(
+            id=raw["id"],
+            name=raw["name"],
+            kind=raw["kind"],
+            plan=raw.get("plan") or None,
+            status=raw["status"],
+            anchor=from_ms(int(raw["anchor"])),
+            cycle_start=from_ms(int(raw["cycle_start"])),
+            cycle_end=from_ms(int(raw["cycle_end"])),
+            allocation=int(raw["allocation"]),
+            used=int(raw["used"]),
+            held=int(raw["held"]),
+            rate_limit_rps=int(raw["rps"]),
+            overage_allowed=raw.get("overage") == "1",
+            created_at=from_ms(int(raw["created_at"])),
+            orgs=tuple(orgs),
+        )

@@ -1,0 +1,42 @@
+"""Key names. Every key of an account carries the hash tag {acct:<id>} so that one script
+touching several of them stays inside one Redis Cluster slot."""
+
+from __future__ import annotations
+
+HOUR_MS = 3_600_000
+
+
+def account(account_id: str) -> str:
+    return f"gw:{{acct:{account_id}}}:account"
+
+
+def leases(account_id: str, org_id: str) -> str:
+    return f"gw:{{acct:{account_id}}}:leases:{org_id}"
+
+
+def holds(account_id: str) -> str:
+    return f"gw:{{acct:{account_id}}}:holds"
+
+
+def request_log(account_id: str) -> str:
+    return f"gw:{{acct:{account_id}}}:requests"
+
+
+def usage_hour(account_id: str, now_ms: int) -> str:
+    return f"gw:{{acct:{account_id}}}:usage:{now_ms - now_ms % HOUR_MS}"
+
+
+# Indexes that lead from an id to its account. They are written once and never change.
+def api_key(key_hash: str) -> str:
+    return f"gw:apikey:{key_hash}"
+
+
+def org_index(org_id: str) -> str:
+    return f"gw:org:{org_id}"
+
+
+def key_index(key_id: str) -> str:
+    return f"gw:key:{key_id}"
+
+
+ACCOUNTS = "gw:accounts"

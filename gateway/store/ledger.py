@@ -1,0 +1,165 @@
+"""Typed calls on the admission and settlement scripts, each under one outer deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreError
+from gateway.metrics import Metrics
+from gateway.store import keys
+from gateway.store.scripts import ADMIT, SETTLE
+
+T = TypeVar("T")
+
+REQUEST_LOG_LENGTH = 1000
+USAGE_RETENTION_S = 400 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who an API key belongs to. Immutable: a key never moves between orgs."""
+
+    account_id: str
+    org_id: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    code: str
+    rps_limit: int
+    rps_remaining: int
+    concurrency_limit: int
+    concurrency_current: int
+    credits_remaining: int
+    reclaimed: int
+
+    @property
+    def admitted(self) -> bool:
+        return self.code == "OK"
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    applied: bool
+    charged: int
+    credits_remaining: int
+
+
+class Ledger:
+    """The hot path's view of the store: key lookup, admit, settle, lease renewal."""
+
+    def __init__(self, client: Any, metrics: Metrics, timeout_s: float) -> None:
+        self.client = client
+        self._metrics = metrics
+        self._timeout_s = timeout_s
+        self._durations = {
+            op: metrics.store_duration.labels(op) for op in ("lookup", "admit", "settle", "renew")
+        }
+        self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
+
+    async def call(self, op: str, awaitable: Awaitable[T]) -> T:
+        """Run one store operation under the deadline; failures become StoreError."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._errors[op].inc()
+            raise StoreError(f"{op}: {type(exc).__name__}: {exc}") from exc
+        self._durations[op].observe(time.perf_counter() - started)
+        return result
+
+    async def lookup_key(self, key_hash: str) -> Identity | None:
+        raw = await self.call("lookup", self.client.get(keys.api_key(key_hash)))
+        if raw is None:
+            return None
+        account_id, org_id, key_id = str(raw).split("|")
+        return Identity(account_id, org_id, key_id)
+
+    async def admit(
+        self,
+        who: Identity,
+        *,
+        request_id: str,
+        now_ms: int,
+        lease_ttl_ms: int,
+        price: int | None,
+        enterprise_only: bool,
+    ) -> Admission:
+        """price None: an unmetered route (rate window only, no lease, no hold)."""
+        a = who.account_id
+        reply = await self.call(
+            "admit",
+            ADMIT.run(
+                self.client,
+                [keys.account(a), keys.leases(a, who.org_id), keys.holds(a)],
+                [
+                    request_id,
+                    who.org_id,
+                    who.key_id,
+                    now_ms,
+                    lease_ttl_ms,
+                    -1 if price is None else price,
+                    1 if enterprise_only else 0,
+                ],
+            ),
+        )
+        return Admission(str(reply[0]), *(int(v) for v in reply[1:7]))
+
+    async def settle(
+        self,
+        who: Identity,
+        *,
+        request_id: str,
+        now_ms: int,
+        charge: bool,
+        route: str,
+        status: int,
+        latency_ms: int,
+    ) -> Settlement:
+        a = who.account_id
+        reply = await self.call(
+            "settle",
+            SETTLE.run(
+                self.client,
+                [
+                    keys.account(a),
+                    keys.leases(a, who.org_id),
+                    keys.holds(a),
+                    keys.request_log(a),
+                    keys.usage_hour(a, now_ms),
+                ],
+                [
+                    request_id,
+                    who.org_id,
+                    now_ms,
+                    1 if charge else 0,
+                    route,
+                    status,
+                    latency_ms,
+                    REQUEST_LOG_LENGTH,
+                    USAGE_RETENTION_S,
+                ],
+            ),
+        )
+        return Settlement(bool(int(reply[0])), int(reply[1]), int(reply[2]))
+
+    async def renew(self, leases: Iterable[tuple[Identity, str]], expires_ms: int) -> None:
+        """Push the expiry of in-flight leases forward, one pipelined ZADD XX per org."""
+        by_org: dict[str, dict[str, int]] = {}
+        for who, request_id in leases:
+            by_org.setdefault(keys.leases(who.account_id, who.org_id), {})[request_id] = expires_ms
+        if not by_org:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, members in by_org.items():
+            # XX: a lease that was settled or reclaimed meanwhile must not come back.
+            pipe.zadd(key, members, xx=True)
+        await self.call("renew", pipe.execute())

@@ -1,0 +1,94 @@
+-- admit.lua: take one request into an organization in one atomic step.
+--   1. reclaim the org's expired leases and release their holds,
+--   2. count the request in the account's per-second rate window,
+--   3. take a concurrency lease for the org,
+--   4. hold the request's price against the account's credits.
+-- A refused request changes nothing but the rate window and the reclaims.
+--
+-- KEYS[1] account hash   gw:{acct:<A>}:account
+-- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>   zset, member = request id, score = expiry (ms)
+-- KEYS[3] holds          gw:{acct:<A>}:holds        hash, request id -> "<credits>:<cycle start ms>"
+-- ARGV[1] request id
+-- ARGV[2] org id
+-- ARGV[3] key id (must still be active on the account: revocation is immediate)
+-- ARGV[4] now, epoch milliseconds
+-- ARGV[5] lease time to live, milliseconds
+-- ARGV[6] price in credits (integer >= 0), or -1 for an unmetered route: no lease, no hold
+-- ARGV[7] "1" when the route is enterprise-only
+--
+-- Returns {code, rps_limit, rps_remaining, conc_limit, conc_current, credits_remaining, reclaimed}
+--   code: "OK" | "INVALID_API_KEY" | "SUBSCRIPTION_INACTIVE" | "INSUFFICIENT_PERMISSIONS"
+--         | "RATE_LIMIT_EXCEEDED" | "CONCURRENT_LIMIT_EXCEEDED" | "INSUFFICIENT_CREDITS"
+--   conc_current counts this request when admitted; credits_remaining is after the hold
+--   (allocation - used - held, negative for an enterprise account in overage).
+
+local account, leases, holds = KEYS[1], KEYS[2], KEYS[3]
+local request_id, org, key = ARGV[1], ARGV[2], ARGV[3]
+local now = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local price = tonumber(ARGV[6])
+
+local f = redis.call('HMGET', account, 'status', 'kind', 'allocation', 'used', 'held', 'rps',
+  'rate_sec', 'rate_count', 'overage', 'cycle_start', 'org:' .. org .. ':limit', 'key:' .. key)
+if not f[1] or not f[12] or not f[11] then
+  return {'INVALID_API_KEY', 0, 0, 0, 0, 0, 0}
+end
+local allocation, used, held = tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
+local rps, cycle_start, limit = tonumber(f[6]), f[10], tonumber(f[11])
+local remaining = allocation - used - held
+
+if f[1] ~= 'active' and f[1] ~= 'canceling' then
+  return {'SUBSCRIPTION_INACTIVE', rps, rps, limit, 0, remaining, 0}
+end
+if ARGV[7] == '1' and f[2] ~= 'enterprise' then
+  return {'INSUFFICIENT_PERMISSIONS', rps, rps, limit, 0, remaining, 0}
+end
+
+-- 1. Leases not renewed in time belong to dead processes: free the slot and the credits.
+local reclaimed = 0
+local released = 0
+local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+for _, id in ipairs(expired) do
+  local hold = redis.call('HGET', holds, id)
+  if hold then
+    local credits, cycle = string.match(hold, '^(%d+):(%d+)$')
+    if cycle == cycle_start then released = released + tonumber(credits) end
+    redis.call('HDEL', holds, id)
+  end
+  reclaimed = reclaimed + 1
+end
+if reclaimed > 0 then
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  if released > 0 then
+    held = redis.call('HINCRBY', account, 'held', -released)
+    remaining = allocation - used - held
+  end
+end
+
+-- 2. Fixed one-second window, shared by every org of the account.
+local second = math.floor(now / 1000)
+local count = 0
+if tonumber(f[7]) == second then count = tonumber(f[8]) end
+if count >= rps then
+  return {'RATE_LIMIT_EXCEEDED', rps, 0, limit, 0, remaining, reclaimed}
+end
+count = count + 1
+redis.call('HSET', account, 'rate_sec', second, 'rate_count', count)
+if price < 0 then
+  return {'OK', rps, rps - count, limit, 0, remaining, reclaimed}
+end
+
+-- 3. Concurrency lease.
+local current = redis.call('ZCARD', leases)
+if current >= limit then
+  return {'CONCURRENT_LIMIT_EXCEEDED', rps, rps - count, limit, current, remaining, reclaimed}
+end
+
+-- 4. Credit hold; enterprise contracts with overage are never refused for credits.
+if price > remaining and f[9] ~= '1' then
+  return {'INSUFFICIENT_CREDITS', rps, rps - count, limit, current, remaining, reclaimed}
+end
+redis.call('ZADD', leases, now + ttl, request_id)
+redis.call('HSET', holds, request_id, ARGV[6] .. ':' .. cycle_start)
+held = redis.call('HINCRBY', account, 'held', price)
+return {'OK', rps, rps - count, limit, current + 1, allocation - used - held, reclaimed}

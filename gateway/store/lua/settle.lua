@@ -1,0 +1,54 @@
+-- settle.lua: finish one admitted request, once. Idempotent per request id: the hold is the
+-- record of an unsettled request, so a second settle (a replay) finds none and changes nothing.
+--   release the lease; charge the hold on success or drop it; log the request; bump the
+--   hourly aggregate. A hold admitted in an earlier cycle is charged to that cycle and never
+--   touches the current cycle's counters (SPEC R7).
+--
+-- KEYS[1] account hash   gw:{acct:<A>}:account
+-- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>
+-- KEYS[3] holds          gw:{acct:<A>}:holds
+-- KEYS[4] request log    gw:{acct:<A>}:requests      stream, newest last, trimmed to ARGV[8]
+-- KEYS[5] usage hour     gw:{acct:<A>}:usage:<hour start ms>  hash "<route>|<org>|n" / "|c"
+-- ARGV[1] request id
+-- ARGV[2] org id
+-- ARGV[3] now, epoch milliseconds
+-- ARGV[4] "1" to turn the hold into a charge, "0" to drop it
+-- ARGV[5] route name
+-- ARGV[6] HTTP status returned to the client
+-- ARGV[7] latency, milliseconds
+-- ARGV[8] request log length to keep (approximate)
+-- ARGV[9] usage retention, seconds
+--
+-- Returns {applied, charged, credits_remaining}
+--   applied: 1 when this call settled the request, 0 when it was already settled or reclaimed.
+
+local account, leases, holds, log, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local request_id = ARGV[1]
+
+redis.call('ZREM', leases, request_id)
+local hold = redis.call('HGET', holds, request_id)
+if not hold then
+  local f = redis.call('HMGET', account, 'allocation', 'used', 'held')
+  return {0, 0, (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0) - (tonumber(f[3]) or 0)}
+end
+redis.call('HDEL', holds, request_id)
+
+local credits, cycle = string.match(hold, '^(%d+):(%d+)$')
+credits = tonumber(credits)
+local charged = 0
+if ARGV[4] == '1' then charged = credits end
+
+local f = redis.call('HMGET', account, 'allocation', 'used', 'held', 'cycle_start')
+local allocation, used, held = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+if cycle == f[4] then
+  held = redis.call('HINCRBY', account, 'held', -credits)
+  if charged > 0 then used = redis.call('HINCRBY', account, 'used', charged) end
+end
+
+redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], '*', 'id', request_id, 'time', ARGV[3],
+  'route', ARGV[5], 'org', ARGV[2], 'status', ARGV[6], 'credits', charged, 'latency_ms', ARGV[7])
+local field = ARGV[5] .. '|' .. ARGV[2]
+redis.call('HINCRBY', usage, field .. '|n', 1)
+if charged > 0 then redis.call('HINCRBY', usage, field .. '|c', charged) end
+redis.call('EXPIRE', usage, ARGV[9])
+return {1, charged, allocation - used - held}

@@ -1,0 +1,37 @@
+"""Lua scripts: read from lua/*.lua once, run by SHA, re-sent when a server lacks them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One Lua file. A restarted or new Cluster node gets the body on its first NOSCRIPT."""
+
+    name: str
+    body: str = field(repr=False)
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
+
+    async def run(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # EVAL caches the script on the node that ran it, so later EVALSHA calls succeed.
+            return await client.eval(self.body, len(keys), *keys, *args)
+
+
+def _load(name: str) -> Script:
+    return Script(name, resources.files("gateway.store").joinpath(f"lua/{name}.lua").read_text())
+
+
+ADMIT = _load("admit")
+SETTLE = _load("settle")
