@@ -15,7 +15,7 @@ from gateway.proxy.auth import KeyCache
 from gateway.proxy.leases import InFlight
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
-from gateway.store.ledger import Ledger
+from gateway.store.ledger import Identity, Ledger
 
 
 @dataclass
@@ -39,9 +39,9 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
-# Per-request values the middleware reads after the handler: plain str keys, as aiohttp wants.
-REQUEST_ID = "gateway.request_id"
-ROUTE = "gateway.route"
-WHO = "gateway.who"
-OUTCOME = "gateway.outcome"
-TRACKING = "gateway.tracking"
+# Per-request values the middleware reads after the handler.
+REQUEST_ID = web.RequestKey("request_id", str)
+ROUTE = web.RequestKey("route", str)
+WHO = web.RequestKey("who", Identity)
+OUTCOME = web.RequestKey("outcome", str)
+TRACKING = web.RequestKey("tracking", dict)

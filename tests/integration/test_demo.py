@@ -1,0 +1,53 @@
+"""`make run` on this checkout: the demo starts and the printed key works."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tests.support.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_make_run_serves_the_printed_key() -> None:
+    port, admin_port = free_port(), free_port()
+    env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(admin_port),
+           "GATEWAY_HOST": "127.0.0.1"}
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        output = ""
+        deadline = time.monotonic() + 60
+        while "Press Ctrl-C" not in output:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, output
+            output += line
+            assert time.monotonic() < deadline, output
+        key = re.search(r"sk_live_[0-9A-Za-z]{32}", output)
+        assert key is not None, output
+        assert f"curl -s -X POST http://127.0.0.1:{port}/v1/monitor/chatgpt" in output
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{port}/v1/monitor/chatgpt",
+                headers={"Authorization": f"Bearer {key.group(0)}"},
+                json={"prompt": "best running shoes"},
+            ) as reply:
+                body = await reply.json()
+                assert reply.status == 200, body
+                assert body["success"] is True
+                assert reply.headers["X-Credits-Charged"] == "7"
+            async with http.get(f"http://127.0.0.1:{admin_port}/healthz") as reply:
+                assert reply.status == 200
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)

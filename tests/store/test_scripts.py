@@ -1,0 +1,573 @@
+"""The admit and settle scripts, driven through the typed Ledger, on both store backends.
+
+One table of behaviours (CASES) runs against a real redis-server and against the embedded
+memory store (fakeredis with Lua). Every case asserts exact numbers, so both backends must agree
+value for value. The clock is fixed: every call gets an explicit `now_ms`, nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from gateway.catalog.models import Plan
+from gateway.clock import to_ms
+from gateway.metrics import Metrics
+from gateway.store import keys
+from gateway.store.accounts import AccountRecord, Accounts, KeyRecord, hash_key
+from gateway.store.ledger import (
+    USAGE_RETENTION_S,
+    Admission,
+    Identity,
+    Ledger,
+    Settlement,
+)
+
+ANCHOR = datetime(2024, 1, 15, 9, 30, tzinfo=UTC)
+NOW = datetime(2024, 3, 20, 12, 0, 0, tzinfo=UTC)  # on a whole second
+NOW_MS = to_ms(NOW)
+CYCLE_START_MS = to_ms(datetime(2024, 3, 15, 9, 30, tzinfo=UTC))
+CYCLE_END_MS = to_ms(datetime(2024, 4, 15, 9, 30, tzinfo=UTC))
+TTL_MS = 30_000
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    if request.param == "redis":
+        redis_url: str = request.getfixturevalue("redis_url")
+        conn: Any = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    else:
+        conn = fakeredis.FakeAsyncRedis(decode_responses=True)
+    try:
+        yield conn
+    finally:
+        await conn.aclose()
+
+
+# --------------------------------------------------------------------------- world
+
+
+@dataclass
+class World:
+    """One public account with one org and one key, and the ledger to drive it."""
+
+    client: Any
+    accounts: Accounts
+    ledger: Ledger
+    account: AccountRecord
+    key: KeyRecord
+    plaintext: str
+    who: Identity
+
+    @property
+    def account_key(self) -> str:
+        return keys.account(self.account.id)
+
+    @property
+    def leases_key(self) -> str:
+        return keys.leases(self.account.id, self.who.org_id)
+
+    @property
+    def holds_key(self) -> str:
+        return keys.holds(self.account.id)
+
+    async def admit(
+        self,
+        request_id: str,
+        price: int | None,
+        *,
+        at: int = NOW_MS,
+        enterprise_only: bool = False,
+        who: Identity | None = None,
+    ) -> Admission:
+        return await self.ledger.admit(
+            who or self.who,
+            request_id=request_id,
+            now_ms=at,
+            lease_ttl_ms=TTL_MS,
+            price=price,
+            enterprise_only=enterprise_only,
+        )
+
+    async def settle(
+        self,
+        request_id: str,
+        *,
+        charge: bool = True,
+        at: int = NOW_MS + 250,
+        route: str = "search",
+        status: int = 200,
+        latency_ms: int = 250,
+    ) -> Settlement:
+        return await self.ledger.settle(
+            self.who,
+            request_id=request_id,
+            now_ms=at,
+            charge=charge,
+            route=route,
+            status=status,
+            latency_ms=latency_ms,
+        )
+
+    async def field(self, name: str) -> str | None:
+        value = await self.client.hget(self.account_key, name)
+        return None if value is None else str(value)
+
+    async def balance(self) -> tuple[int, int, int]:
+        """(allocation, used, held) as stored on the account hash."""
+        raw = await self.client.hmget(self.account_key, ["allocation", "used", "held"])
+        return int(raw[0]), int(raw[1]), int(raw[2])
+
+    async def leases(self) -> dict[str, float]:
+        return dict(await self.client.zrange(self.leases_key, 0, -1, withscores=True))
+
+    async def holds(self) -> dict[str, str]:
+        return dict(await self.client.hgetall(self.holds_key))
+
+
+async def make_world(
+    client: Any, *, credits: int = 100, concurrency: int = 3, rps: int = 5
+) -> World:
+    accounts = Accounts(client)
+    plan = Plan(price_cents=4900, credits=credits, concurrency=concurrency, rate_limit_rps=rps)
+    account = await accounts.create_public(
+        name="Test Co", plan_name="lite", plan=plan, anchor=ANCHOR, now=NOW
+    )
+    assert len(account.orgs) == 1
+    created = await accounts.create_key(account.orgs[0].id, NOW)
+    assert created is not None
+    key, plaintext = created
+    who = Identity(account.id, account.orgs[0].id, key.id)
+    ledger = Ledger(client, Metrics(), timeout_s=2.0)
+    return World(client, accounts, ledger, account, key, plaintext, who)
+
+
+def ok(
+    rps_limit: int,
+    rps_remaining: int,
+    conc_limit: int,
+    conc_current: int,
+    credits_remaining: int,
+    reclaimed: int = 0,
+) -> Admission:
+    return Admission(
+        "OK", rps_limit, rps_remaining, conc_limit, conc_current, credits_remaining, reclaimed
+    )
+
+
+def hold(credits: int, cycle_start_ms: int = CYCLE_START_MS) -> str:
+    return f"{credits}:{cycle_start_ms}"
+
+
+# --------------------------------------------------------------------------- the table
+
+Case = Callable[[Any], Awaitable[None]]
+CASES: dict[str, Case] = {}
+
+
+def case(fn: Case) -> Case:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+@case
+async def account_created_for_the_current_cycle(client: Any) -> None:
+    w = await make_world(client)
+    assert w.account.cycle_start == datetime(2024, 3, 15, 9, 30, tzinfo=UTC)
+    assert await w.field("cycle_start") == str(CYCLE_START_MS)
+    assert await w.field("cycle_end") == str(CYCLE_END_MS)
+    assert await w.balance() == (100, 0, 0)
+    assert await w.field(f"key:{w.key.id}") == w.who.org_id
+
+
+@case
+async def admit_ok_reports_exact_numbers(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=3, rps=5)
+    assert await w.admit("r1", 7) == ok(5, 4, 3, 1, 93)
+    assert await w.admit("r2", 10, at=NOW_MS + 400) == ok(5, 3, 3, 2, 83)
+    assert await w.admit("r3", 0, at=NOW_MS + 999) == ok(5, 2, 3, 3, 83)
+    assert await w.balance() == (100, 0, 17)
+    assert await w.leases() == {
+        "r1": NOW_MS + TTL_MS,
+        "r2": NOW_MS + 400 + TTL_MS,
+        "r3": NOW_MS + 999 + TTL_MS,
+    }
+    assert await w.holds() == {"r1": hold(7), "r2": hold(10), "r3": hold(0)}
+    assert await w.field("rate_sec") == str(NOW_MS // 1000)
+    assert await w.field("rate_count") == "3"
+    record = await w.accounts.get(w.account.id, now_ms=NOW_MS + 1000)
+    assert record is not None
+    assert (record.used, record.held, record.remaining) == (0, 17, 83)
+    assert record.orgs[0].in_flight == 3
+
+
+@case
+async def unmetered_admit_counts_rate_only(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=1, rps=5)
+    assert await w.admit("u1", None) == ok(5, 4, 1, 0, 100)
+    # No lease is taken, so the org's single slot does not limit unmetered requests.
+    assert await w.admit("u2", None) == ok(5, 3, 1, 0, 100)
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    assert await w.balance() == (100, 0, 0)
+    assert await w.field("rate_sec") == str(NOW_MS // 1000)
+    assert await w.field("rate_count") == "2"
+    # The rate window is shared with metered requests.
+    assert await w.admit("m1", 5) == ok(5, 2, 1, 1, 95)
+
+
+@case
+async def rate_limit_per_second_window(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=5, rps=3)
+    assert await w.admit("a", None, at=NOW_MS) == ok(3, 2, 5, 0, 100)
+    assert await w.admit("b", 1, at=NOW_MS + 10) == ok(3, 1, 5, 1, 99)
+    assert await w.admit("c", None, at=NOW_MS + 500) == ok(3, 0, 5, 0, 99)
+    refused = Admission("RATE_LIMIT_EXCEEDED", 3, 0, 5, 0, 99, 0)
+    assert await w.admit("d", None, at=NOW_MS + 600) == refused
+    assert await w.admit("e", 1, at=NOW_MS + 999) == refused
+    # A refusal takes no lease, holds nothing and does not advance the window.
+    assert set(await w.leases()) == {"b"}
+    assert await w.holds() == {"b": hold(1)}
+    assert await w.balance() == (100, 0, 1)
+    assert await w.field("rate_count") == "3"
+    # The next second starts a new window.
+    assert await w.admit("f", 1, at=NOW_MS + 1000) == ok(3, 2, 5, 2, 98)
+    assert await w.field("rate_sec") == str(NOW_MS // 1000 + 1)
+    assert await w.field("rate_count") == "1"
+
+
+@case
+async def concurrency_limit_and_release_on_settle(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=2, rps=50)
+    assert await w.admit("r1", 10) == ok(50, 49, 2, 1, 90)
+    assert await w.admit("r2", 10) == ok(50, 48, 2, 2, 80)
+    # At the limit: refused with the count in flight (not counting itself), nothing held.
+    assert await w.admit("r3", 10) == Admission(
+        "CONCURRENT_LIMIT_EXCEEDED", 50, 47, 2, 2, 80, 0
+    )
+    assert set(await w.leases()) == {"r1", "r2"}
+    assert await w.holds() == {"r1": hold(10), "r2": hold(10)}
+    assert await w.balance() == (100, 0, 20)
+    # A settled request frees its slot.
+    assert await w.settle("r1") == Settlement(True, 10, 80)
+    assert set(await w.leases()) == {"r2"}
+    assert await w.admit("r4", 10, at=NOW_MS + 300) == ok(50, 46, 2, 2, 70)
+    assert set(await w.leases()) == {"r2", "r4"}
+
+
+@case
+async def insufficient_credits_counts_used_and_held(client: Any) -> None:
+    w = await make_world(client, credits=10, concurrency=5, rps=50)
+    assert await w.admit("a", 3) == ok(50, 49, 5, 1, 7)
+    assert await w.settle("a") == Settlement(True, 3, 7)
+    assert await w.admit("b", 4) == ok(50, 48, 5, 1, 3)
+    # available = allocation - used - held = 10 - 3 - 4 = 3 < 4
+    assert await w.admit("c", 4) == Admission("INSUFFICIENT_CREDITS", 50, 47, 5, 1, 3, 0)
+    assert await w.balance() == (10, 3, 4)
+    assert set(await w.leases()) == {"b"}
+    assert await w.holds() == {"b": hold(4)}
+    # The refused request was never admitted: settling it is a no-op and charges nothing.
+    assert await w.settle("c") == Settlement(False, 0, 3)
+    assert await w.balance() == (10, 3, 4)
+    # A price equal to what is available is admitted.
+    assert await w.admit("d", 3) == ok(50, 46, 5, 2, 0)
+    assert await w.admit("e", 1) == Admission("INSUFFICIENT_CREDITS", 50, 45, 5, 2, 0, 0)
+    # Unmetered routes still pass with no credits left.
+    assert await w.admit("f", None) == ok(50, 44, 5, 0, 0)
+    assert await w.balance() == (10, 3, 7)
+
+
+@case
+async def enterprise_overage_is_never_refused_for_credits(client: Any) -> None:
+    w = await make_world(client, credits=5, concurrency=2, rps=5)
+    await client.hset(w.account_key, mapping={"kind": "enterprise", "overage": "1"})
+    assert await w.admit("r1", 8) == ok(5, 4, 2, 1, -3)
+    assert await w.settle("r1") == Settlement(True, 8, -3)
+    assert await w.balance() == (5, 8, 0)
+
+
+@case
+async def revoked_key_is_invalid(client: Any) -> None:
+    w = await make_world(client)
+    created = await w.accounts.create_key(w.who.org_id, NOW)
+    assert created is not None
+    other = Identity(w.account.id, w.who.org_id, created[0].id)
+    assert await w.accounts.revoke_key(w.key.id) is True
+    assert await w.field(f"key:{w.key.id}") is None
+    assert await w.admit("r1", 5) == Admission("INVALID_API_KEY", 0, 0, 0, 0, 0, 0)
+    # Refused before the rate window: nothing written.
+    assert await w.field("rate_count") is None
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    # The org's other key still works.
+    assert await w.admit("r2", 5, who=other) == ok(5, 4, 3, 1, 95)
+    record = await w.accounts.get(w.account.id)
+    assert record is not None
+    revoked = {k.id: k.revoked for k in record.orgs[0].keys}
+    assert revoked == {w.key.id: True, other.key_id: False}
+
+
+@case
+async def unknown_account_or_org_is_invalid(client: Any) -> None:
+    w = await make_world(client)
+    invalid = Admission("INVALID_API_KEY", 0, 0, 0, 0, 0, 0)
+    ghost = Identity("acct_doesnotexist00", w.who.org_id, w.key.id)
+    assert await w.admit("r1", 5, who=ghost) == invalid
+    assert await client.exists(keys.account(ghost.account_id)) == 0
+    assert await client.exists(keys.leases(ghost.account_id, ghost.org_id)) == 0
+    assert await client.exists(keys.holds(ghost.account_id)) == 0
+    stray_org = Identity(w.account.id, "org_doesnotexist000", w.key.id)
+    assert await w.admit("r2", 5, who=stray_org) == invalid
+    stray_key = Identity(w.account.id, w.who.org_id, "key_doesnotexist000")
+    assert await w.admit("r3", 5, who=stray_key) == invalid
+    assert await w.balance() == (100, 0, 0)
+
+
+@case
+async def inactive_subscription_is_refused(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=3, rps=5)
+    await client.hset(w.account_key, "status", "canceled")
+    refused = Admission("SUBSCRIPTION_INACTIVE", 5, 5, 3, 0, 100, 0)
+    assert await w.admit("r1", 5) == refused
+    assert await w.admit("r2", None) == refused
+    assert await w.field("rate_count") is None
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    assert await w.balance() == (100, 0, 0)
+    # A subscription set to cancel at the cycle's end still serves until then.
+    await client.hset(w.account_key, "status", "canceling")
+    assert await w.admit("r3", 5) == ok(5, 4, 3, 1, 95)
+
+
+@case
+async def enterprise_only_route_needs_enterprise_account(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=3, rps=5)
+    denied = Admission("INSUFFICIENT_PERMISSIONS", 5, 5, 3, 0, 100, 0)
+    assert await w.admit("r1", 5, enterprise_only=True) == denied
+    assert await w.field("rate_count") is None
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    # The same account may use ordinary routes.
+    assert await w.admit("r2", 5) == ok(5, 4, 3, 1, 95)
+    await client.hset(w.account_key, "kind", "enterprise")
+    assert await w.admit("r3", 5, enterprise_only=True) == ok(5, 3, 3, 2, 90)
+
+
+@case
+async def expired_leases_are_reclaimed_and_never_charged(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=2, rps=5)
+    assert await w.admit("r1", 10, at=NOW_MS) == ok(5, 4, 2, 1, 90)
+    assert await w.admit("r2", 5, at=NOW_MS + 1000) == ok(5, 4, 2, 2, 85)
+    # One millisecond before r1's expiry: nothing reclaimed, the org is full.
+    before = NOW_MS + TTL_MS - 1
+    assert await w.admit("x", 1, at=before) == Admission(
+        "CONCURRENT_LIMIT_EXCEEDED", 5, 4, 2, 2, 85, 0
+    )
+    # Past r1's expiry (not r2's): r1 is reclaimed, its hold released, the slot reused.
+    after = NOW_MS + TTL_MS + 1
+    assert await w.admit("r3", 1, at=after) == ok(5, 4, 2, 2, 94, reclaimed=1)
+    assert set(await w.leases()) == {"r2", "r3"}
+    assert await w.holds() == {"r2": hold(5), "r3": hold(1)}
+    assert await w.balance() == (100, 0, 6)
+    # The dead process's late settle finds no hold: not applied, never charged, not logged.
+    assert await w.settle("r1", at=after + 5) == Settlement(False, 0, 94)
+    assert await w.balance() == (100, 0, 6)
+    assert await client.xlen(keys.request_log(w.account.id)) == 0
+    # Reclaim also runs on refusals of that org: here both remaining leases have expired.
+    later = NOW_MS + 10 * TTL_MS
+    assert await w.admit("r4", 1000, at=later) == Admission(
+        "INSUFFICIENT_CREDITS", 5, 4, 2, 0, 100, 2
+    )
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    assert await w.balance() == (100, 0, 0)
+
+
+@case
+async def settle_charge_turns_hold_into_used(client: Any) -> None:
+    w = await make_world(client, credits=100)
+    assert await w.admit("r1", 7) == ok(5, 4, 3, 1, 93)
+    assert await w.settle("r1", charge=True) == Settlement(True, 7, 93)
+    assert await w.balance() == (100, 7, 0)
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    # A replay is a no-op.
+    assert await w.settle("r1", charge=True, at=NOW_MS + 900) == Settlement(False, 0, 93)
+    assert await w.balance() == (100, 7, 0)
+
+
+@case
+async def settle_without_charge_drops_hold(client: Any) -> None:
+    w = await make_world(client, credits=100)
+    assert await w.admit("r1", 7) == ok(5, 4, 3, 1, 93)
+    assert await w.settle("r1", charge=False, status=502) == Settlement(True, 0, 100)
+    assert await w.balance() == (100, 0, 0)
+    assert await w.leases() == {}
+    assert await w.holds() == {}
+    assert await w.settle("r1", charge=True) == Settlement(False, 0, 100)
+    assert await w.balance() == (100, 0, 0)
+
+
+@case
+async def settle_logs_request_and_bumps_hourly_usage(client: Any) -> None:
+    w = await make_world(client, credits=100)
+    org, log = w.who.org_id, keys.request_log(w.account.id)
+    assert await w.admit("r1", 7) == ok(5, 4, 3, 1, 93)
+    assert await w.admit("r2", 4) == ok(5, 3, 3, 2, 89)
+    at = NOW_MS + 1234
+    assert await w.settle("r1", at=at, route="search", status=200, latency_ms=321) == (
+        Settlement(True, 7, 89)
+    )
+    assert await w.settle("r2", at=at + 1, route="search", status=504, charge=False,
+                          latency_ms=2000) == Settlement(True, 0, 93)
+    # A replay adds neither a log entry nor usage.
+    assert await w.settle("r1", at=at + 2) == Settlement(False, 0, 93)
+    entries = await client.xrange(log)
+    assert [fields for _, fields in entries] == [
+        {"id": "r1", "time": str(at), "route": "search", "org": org, "status": "200",
+         "credits": "7", "latency_ms": "321"},
+        {"id": "r2", "time": str(at + 1), "route": "search", "org": org, "status": "504",
+         "credits": "0", "latency_ms": "2000"},
+    ]
+    usage = keys.usage_hour(w.account.id, at)
+    assert usage == keys.usage_hour(w.account.id, NOW_MS)  # same hour
+    assert await client.hgetall(usage) == {f"search|{org}|n": "2", f"search|{org}|c": "7"}
+    assert 0 < await client.ttl(usage) <= USAGE_RETENTION_S
+    # The next hour gets its own hash.
+    next_hour = NOW_MS + keys.HOUR_MS
+    assert await w.admit("r3", 1, at=next_hour) == ok(5, 4, 3, 1, 92)
+    assert await w.settle("r3", at=next_hour + 5, route="maps") == Settlement(True, 1, 92)
+    assert await client.hgetall(keys.usage_hour(w.account.id, next_hour)) == {
+        f"maps|{org}|n": "1",
+        f"maps|{org}|c": "1",
+    }
+    assert await client.hgetall(usage) == {f"search|{org}|n": "2", f"search|{org}|c": "7"}
+    assert await client.xlen(log) == 3
+
+
+@case
+async def hold_from_previous_cycle_is_not_charged_to_new_cycle(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=3, rps=5)
+    assert await w.admit("old", 9) == ok(5, 4, 3, 1, 91)
+    assert await w.admit("old2", 6) == ok(5, 3, 3, 2, 85)
+    # Renewal: a new cycle starts with fresh counters.
+    await client.hset(
+        w.account_key, mapping={"cycle_start": CYCLE_END_MS, "used": 0, "held": 0}
+    )
+    assert await w.settle("old", charge=True) == Settlement(True, 9, 100)
+    assert await w.balance() == (100, 0, 0)
+    assert await w.holds() == {"old2": hold(6)}
+    # The charge is still recorded in the log and usage of the request's hour.
+    org = w.who.org_id
+    assert await client.hgetall(keys.usage_hour(w.account.id, NOW_MS + 250)) == {
+        f"search|{org}|n": "1",
+        f"search|{org}|c": "9",
+    }
+    # A new-cycle hold, then the old lease expires: its reclaim does not touch `held`.
+    assert await w.admit("new", 4, at=NOW_MS + 2000) == ok(5, 4, 3, 2, 96)
+    assert await w.holds() == {"old2": hold(6), "new": hold(4, CYCLE_END_MS)}
+    assert await w.admit("new2", 3, at=NOW_MS + TTL_MS + 1) == ok(5, 4, 3, 2, 93, reclaimed=1)
+    assert await w.balance() == (100, 0, 7)
+    assert await w.settle("new", charge=True, at=NOW_MS + TTL_MS + 2) == Settlement(True, 4, 93)
+    assert await w.balance() == (100, 4, 3)
+
+
+@case
+async def renew_extends_leases_but_never_resurrects(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=2, rps=5)
+    assert await w.admit("r1", 10) == ok(5, 4, 2, 1, 90)
+    assert await w.admit("r2", 5) == ok(5, 3, 2, 2, 85)
+    await w.ledger.renew([(w.who, "r1"), (w.who, "r2")], NOW_MS + 3 * TTL_MS)
+    assert await w.leases() == {"r1": NOW_MS + 3 * TTL_MS, "r2": NOW_MS + 3 * TTL_MS}
+    # Past the original expiry: nothing is reclaimed, the org stays full.
+    at = NOW_MS + 2 * TTL_MS
+    assert await w.admit("r3", 1, at=at) == Admission(
+        "CONCURRENT_LIMIT_EXCEEDED", 5, 4, 2, 2, 85, 0
+    )
+    assert await w.settle("r1", at=at + 1) == Settlement(True, 10, 85)
+    # Renewing a settled lease must not bring it back.
+    await w.ledger.renew([(w.who, "r1"), (w.who, "r2")], NOW_MS + 5 * TTL_MS)
+    assert await w.leases() == {"r2": NOW_MS + 5 * TTL_MS}
+    await w.ledger.renew([], NOW_MS + 6 * TTL_MS)  # nothing in flight: no store call
+    assert await w.leases() == {"r2": NOW_MS + 5 * TTL_MS}
+    assert await w.admit("r4", 1, at=at + 2) == ok(5, 3, 2, 2, 84)
+    # Neither is a reclaimed lease brought back.
+    gone = NOW_MS + 10 * TTL_MS
+    assert await w.admit("r5", 1, at=gone) == ok(5, 4, 2, 1, 89, reclaimed=2)
+    await w.ledger.renew([(w.who, "r2"), (w.who, "r4")], gone + TTL_MS)
+    assert await w.leases() == {"r5": gone + TTL_MS}
+
+
+@case
+async def lookup_key_finds_created_keys(client: Any) -> None:
+    w = await make_world(client)
+    assert w.plaintext.startswith("sk_live_")
+    assert len(w.plaintext) == len("sk_live_") + 32
+    assert await w.ledger.lookup_key(hash_key(w.plaintext)) == w.who
+    assert await w.ledger.lookup_key(hash_key("sk_live_" + "0" * 32)) is None
+    assert await w.ledger.lookup_key("0" * 64) is None
+    # Only the hash is stored, never the plaintext.
+    stored = [await client.get(k) for k in await client.keys("gw:apikey:*")]
+    assert stored == [f"{w.account.id}|{w.who.org_id}|{w.key.id}"]
+    assert await client.keys("*" + w.plaintext + "*") == []
+    meta = json.loads(await w.field(f"keymeta:{w.key.id}") or "{}")
+    assert meta["prefix"] == w.plaintext[:12]
+    assert w.plaintext not in json.dumps(meta)
+
+
+def hash_tag(key: str) -> str:
+    """The part of a key that Redis Cluster hashes: the first non-empty {...}, else all."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+@case
+async def account_keys_share_one_hash_tag(client: Any) -> None:
+    w = await make_world(client)
+    a, org = w.account.id, w.who.org_id
+    names = [
+        keys.account(a),
+        keys.leases(a, org),
+        keys.leases(a, "org_other"),
+        keys.holds(a),
+        keys.request_log(a),
+        keys.usage_hour(a, NOW_MS),
+        keys.usage_hour(a, NOW_MS + 7 * keys.HOUR_MS),
+    ]
+    assert {hash_tag(name) for name in names} == {f"acct:{a}"}
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    # And every key the scripts actually wrote for this account carries that tag.
+    assert await w.admit("r1", 5) == ok(5, 4, 3, 1, 95)
+    assert await w.admit("r2", 5) == ok(5, 3, 3, 2, 90)
+    assert (await w.settle("r1")).applied
+    index = {keys.api_key(hash_key(w.plaintext)), keys.org_index(org),
+             keys.key_index(w.key.id), keys.ACCOUNTS}
+    written = set(await client.keys("*")) - index
+    assert written == {
+        keys.account(a),
+        keys.leases(a, org),
+        keys.holds(a),
+        keys.request_log(a),
+        keys.usage_hour(a, NOW_MS + 250),
+    }
+    assert {hash_tag(name) for name in written} == {f"acct:{a}"}
+
+
+@pytest.mark.parametrize("behaviour", list(CASES.values()), ids=list(CASES))
+async def test_store_scripts(client: Any, behaviour: Case) -> None:
+    await behaviour(client)
