@@ -61,3 +61,22 @@ async def test_credit_race_never_overspends(redis_url: str, upstream: RecordingU
     finally:
         await a.close()
         await b.close()
+
+
+async def test_leases_of_long_requests_are_renewed(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    catalog = catalog_for(upstream.url)
+    limits = catalog.limits.model_copy(update={"lease_ttl_s": 1})
+    running = await start_gateway(redis_url, catalog.model_copy(update={"limits": limits}))
+    try:
+        c = await running.new_customer("five")
+        slow = [asyncio.create_task(running.call("POST", "/v1/monitor/flat?sleep=1.8", c.key))
+                for _ in range(5)]
+        await asyncio.sleep(1.4)  # past the 1 s TTL: only renewal keeps the five leases alive
+        status, _, body = await running.call("POST", "/v1/monitor/flat", c.key)
+        assert status == 429 and body["error"]["code"] == "CONCURRENT_LIMIT_EXCEEDED"
+        assert [r[0] for r in await asyncio.gather(*slow)] == [200] * 5
+        assert running.gw.metrics.leases_reclaimed._value.get() == 0
+    finally:
+        await running.close()

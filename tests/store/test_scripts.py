@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, Accounts, KeyRecord, hash_key
 from gateway.store.ledger import (
+    REQUEST_LOG_LENGTH,
     USAGE_RETENTION_S,
     Admission,
     Identity,
@@ -374,6 +375,10 @@ async def expired_leases_are_reclaimed_and_never_charged(client: Any) -> None:
     assert await w.admit("x", 1, at=before) == Admission(
         "CONCURRENT_LIMIT_EXCEEDED", 5, 4, 2, 2, 85, 0
     )
+    # A lease whose expiry is exactly `now` counts as expired.
+    w2 = await make_world(client, credits=100, concurrency=1, rps=5)
+    assert await w2.admit("e1", 5, at=NOW_MS) == ok(5, 4, 1, 1, 95)
+    assert await w2.admit("e2", 5, at=NOW_MS + TTL_MS) == ok(5, 4, 1, 1, 95, reclaimed=1)
     # Past r1's expiry (not r2's): r1 is reclaimed, its hold released, the slot reused.
     after = NOW_MS + TTL_MS + 1
     assert await w.admit("r3", 1, at=after) == ok(5, 4, 2, 2, 94, reclaimed=1)
@@ -454,6 +459,26 @@ async def settle_logs_request_and_bumps_hourly_usage(client: Any) -> None:
     }
     assert await client.hgetall(usage) == {f"search|{org}|n": "2", f"search|{org}|c": "7"}
     assert await client.xlen(log) == 3
+
+
+@case
+async def request_log_is_trimmed_to_about_its_length(client: Any) -> None:
+    w = await make_world(client, credits=10**6, concurrency=1, rps=10**6)
+    log = keys.request_log(w.account.id)
+    total = REQUEST_LOG_LENGTH + 250
+    for i in range(total):
+        assert (await w.admit(f"r{i}", 1, at=NOW_MS + i)).admitted
+        assert (await w.settle(f"r{i}", at=NOW_MS + i)).applied
+    # MAXLEN ~ trims whole stream nodes only, so the exact length is the backend's own
+    # (redis-server 7.0 keeps 1057 here, fakeredis 1056); both keep at least the length asked
+    # and less than one node (100 entries by default) more.
+    length = await client.xlen(log)
+    assert REQUEST_LOG_LENGTH <= length < REQUEST_LOG_LENGTH + 100
+    newest = await client.xrevrange(log, count=1)
+    assert newest[0][1]["id"] == f"r{total - 1}"
+    oldest = await client.xrange(log, count=1)
+    assert int(oldest[0][1]["id"].removeprefix("r")) == total - length
+    assert await w.balance() == (10**6, total, 0)
 
 
 @case
