@@ -74,7 +74,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _store_client(app: web.Application) -> AsyncIterator[None]:
     yield
-    await app[GATEWAY].client.aclose()
+    gw = app[GATEWAY]
+    await gw.ledger.batcher.aclose()
+    await gw.client.aclose()
 
 
 async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.support.harness import Running, start_gateway, catalog_for
+from tests.support.harness import Running, catalog_for, start_gateway
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import RecordingUpstream
 

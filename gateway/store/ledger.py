@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from gateway.errors import StoreError
 from gateway.metrics import Metrics
 from gateway.store import keys
+from gateway.store.batcher import ScriptBatcher
 from gateway.store.scripts import ADMIT, SETTLE
 
 T = TypeVar("T")
@@ -63,12 +64,18 @@ class Ledger:
             op: metrics.store_duration.labels(op) for op in ("lookup", "admit", "settle", "renew")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
+        self.batcher = ScriptBatcher(client, timeout_s)
 
-    async def call(self, op: str, awaitable: Awaitable[T]) -> T:
-        """Run one store operation under the deadline; failures become StoreError."""
+    async def call(self, op: str, awaitable: Awaitable[T], *, deadline: bool = True) -> T:
+        """Run one store operation under the deadline; failures become StoreError.
+
+        deadline=False for batched script calls: their batch carries the deadline."""
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout_s):
+            if deadline:
+                async with asyncio.timeout(self._timeout_s):
+                    result = await awaitable
+            else:
                 result = await awaitable
         except (RedisError, OSError, TimeoutError) as exc:
             self._errors[op].inc()
@@ -97,8 +104,8 @@ class Ledger:
         a = who.account_id
         reply = await self.call(
             "admit",
-            ADMIT.run(
-                self.client,
+            self.batcher.run(
+                ADMIT,
                 [keys.account(a), keys.leases(a, who.org_id), keys.holds(a)],
                 [
                     request_id,
@@ -110,6 +117,7 @@ class Ledger:
                     1 if enterprise_only else 0,
                 ],
             ),
+            deadline=False,
         )
         return Admission(str(reply[0]), *(int(v) for v in reply[1:7]))
 
@@ -127,8 +135,8 @@ class Ledger:
         a = who.account_id
         reply = await self.call(
             "settle",
-            SETTLE.run(
-                self.client,
+            self.batcher.run(
+                SETTLE,
                 [
                     keys.account(a),
                     keys.leases(a, who.org_id),
@@ -148,6 +156,7 @@ class Ledger:
                     USAGE_RETENTION_S,
                 ],
             ),
+            deadline=False,
         )
         return Settlement(bool(int(reply[0])), int(reply[1]), int(reply[2]))
 

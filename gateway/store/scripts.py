@@ -1,18 +1,15 @@
-"""Lua scripts: read from lua/*.lua once, run by SHA, re-sent when a server lacks them."""
+"""Lua scripts: read from lua/*.lua once at import, identified by their SHA1."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
-
-from redis.exceptions import NoScriptError
 
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """One Lua file. A restarted or new Cluster node gets the body on its first NOSCRIPT."""
+    """One Lua file, run by SHA; the body is sent only to a server that answers NOSCRIPT."""
 
     name: str
     body: str = field(repr=False)
@@ -20,13 +17,6 @@ class Script:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
-
-    async def run(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # EVAL caches the script on the node that ran it, so later EVALSHA calls succeed.
-            return await client.eval(self.body, len(keys), *keys, *args)
 
 
 def _load(name: str) -> Script:

@@ -33,8 +33,9 @@ async def test_no_token_configured_disables_admin(
 async def test_create_account_view_and_keys(gateway: Running) -> None:
     anchor = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
     status, account = await gateway.admin_call(
-        "POST", "/admin/accounts", json={"name": "Acme", "plan": "hobby",
-                                         "anchor": anchor.isoformat()}
+        "POST",
+        "/admin/accounts",
+        json={"name": "Acme", "plan": "hobby", "anchor": anchor.isoformat()},
     )
     assert status == 201
     assert account["id"].startswith("acct_") and account["org_id"].startswith("org_")
@@ -52,8 +53,14 @@ async def test_create_account_view_and_keys(gateway: Running) -> None:
     assert status == 200
     [org] = view["orgs"]
     assert org["id"] == account["org_id"] and org["concurrency"] == 20
-    assert org["keys"] == [{"id": key["id"], "prefix": key["key"][:12],
-                            "created_at": org["keys"][0]["created_at"], "revoked": False}]
+    assert org["keys"] == [
+        {
+            "id": key["id"],
+            "prefix": key["key"][:12],
+            "created_at": org["keys"][0]["created_at"],
+            "revoked": False,
+        }
+    ]
     # Only a hash is stored: the plaintext appears nowhere in Redis.
     client = gateway.gw.client
     for name in await client.keys("*"):
@@ -92,10 +99,12 @@ async def test_bad_account_input_names_the_field(
 async def test_bad_json_and_unknown_ids(gateway: Running) -> None:
     status, reply = await gateway.admin_call("POST", "/admin/accounts", data=b"{nope")
     assert status == 400 and reply["error"]["code"] == "VALIDATION_ERROR"
-    for method, path in (("GET", "/admin/accounts/acct_missing"),
-                         ("POST", "/admin/orgs/org_missing/keys"),
-                         ("DELETE", "/admin/keys/key_missing"),
-                         ("GET", "/admin/no-such-call")):
+    for method, path in (
+        ("GET", "/admin/accounts/acct_missing"),
+        ("POST", "/admin/orgs/org_missing/keys"),
+        ("DELETE", "/admin/keys/key_missing"),
+        ("GET", "/admin/no-such-call"),
+    ):
         status, reply = await gateway.admin_call(method, path)
         assert status == 404 and reply["error"]["code"] == "RESOURCE_NOT_FOUND", path
 
@@ -103,8 +112,9 @@ async def test_bad_json_and_unknown_ids(gateway: Running) -> None:
 async def test_back_dated_anchor_gives_the_current_cycle(gateway: Running) -> None:
     anchor = datetime.now(UTC) - timedelta(days=45)
     status, account = await gateway.admin_call(
-        "POST", "/admin/accounts", json={"name": "Old", "plan": "lite",
-                                         "anchor": anchor.isoformat()}
+        "POST",
+        "/admin/accounts",
+        json={"name": "Old", "plan": "lite", "anchor": anchor.isoformat()},
     )
     assert status == 201
     start = datetime.fromisoformat(account["cycle"]["start"].replace("Z", "+00:00"))
@@ -119,9 +129,12 @@ async def test_probes_and_metrics(gateway: Running) -> None:
     await gateway.call("POST", "/v1/monitor/flat")
     async with gateway.http.get(gateway.admin + "/metrics") as r:
         text = await r.text()
-    assert ('gateway_requests_total{code="200",outcome="charged",route="/v1/monitor/flat"} 1.0'
-            in text)
-    assert ('gateway_requests_total{code="401",outcome="rejected_auth",route="/v1/monitor/flat"}'
-            ' 1.0' in text)
+    assert (
+        'gateway_requests_total{code="200",outcome="charged",route="/v1/monitor/flat"} 1.0' in text
+    )
+    assert (
+        'gateway_requests_total{code="401",outcome="rejected_auth",route="/v1/monitor/flat"}'
+        " 1.0" in text
+    )
     assert 'gateway_credits_charged_total{route="/v1/monitor/flat"} 10.0' in text
     assert c.key not in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from tests.support.harness import start_gateway, catalog_for
+from tests.support.harness import catalog_for, start_gateway
 from tests.support.upstream import RecordingUpstream
 
 
@@ -71,8 +71,10 @@ async def test_leases_of_long_requests_are_renewed(
     running = await start_gateway(redis_url, catalog.model_copy(update={"limits": limits}))
     try:
         c = await running.new_customer("five")
-        slow = [asyncio.create_task(running.call("POST", "/v1/monitor/flat?sleep=1.8", c.key))
-                for _ in range(5)]
+        slow = [
+            asyncio.create_task(running.call("POST", "/v1/monitor/flat?sleep=1.8", c.key))
+            for _ in range(5)
+        ]
         await asyncio.sleep(1.4)  # past the 1 s TTL: only renewal keeps the five leases alive
         status, _, body = await running.call("POST", "/v1/monitor/flat", c.key)
         assert status == 429 and body["error"]["code"] == "CONCURRENT_LIMIT_EXCEEDED"

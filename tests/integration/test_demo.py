@@ -18,11 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def test_make_run_serves_the_printed_key() -> None:
     port, admin_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_PORT": str(port), "GATEWAY_ADMIN_PORT": str(admin_port),
-           "GATEWAY_HOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_ADMIN_PORT": str(admin_port),
+        "GATEWAY_HOST": "127.0.0.1",
+    }
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None

@@ -6,21 +6,29 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from multidict import CIMultiDict
-
 import pytest
+from multidict import CIMultiDict
 
 from tests.support.harness import Running
 from tests.support.upstream import RecordingUpstream
 
 METERED_HEADERS = (
-    "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-Credits-Charged", "X-Credits-Remaining",
-    "X-Concurrent-Limit", "X-Concurrent-Current", "X-Concurrent-Remaining",
-    "X-Concurrency-Limit", "X-Concurrency-Current", "X-Concurrency-Remaining",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-Credits-Charged",
+    "X-Credits-Remaining",
+    "X-Concurrent-Limit",
+    "X-Concurrent-Current",
+    "X-Concurrent-Remaining",
+    "X-Concurrency-Limit",
+    "X-Concurrency-Current",
+    "X-Concurrency-Remaining",
 )
 
 
-def assert_envelope(status: int, headers: CIMultiDict[str], body: Any, want: int, code: str) -> None:
+def assert_envelope(
+    status: int, headers: CIMultiDict[str], body: Any, want: int, code: str
+) -> None:
     assert status == want, body
     assert headers["Content-Type"].startswith("application/json")
     assert body["success"] is False
@@ -68,11 +76,19 @@ async def test_sequence_of_requests_has_exact_headers_and_balances(
 async def test_upstream_sees_clean_headers(gateway: Running, upstream: RecordingUpstream) -> None:
     c = await gateway.new_customer()
     status, headers, _ = await gateway.call(
-        "POST", "/v1/monitor/flat?x=1&y=two", c.key, data=b'{"q": 1}',
+        "POST",
+        "/v1/monitor/flat?x=1&y=two",
+        c.key,
+        data=b'{"q": 1}',
         headers={
-            "Content-Type": "application/json", "X-Gateway-Account": "spoofed",
-            "X-Gateway-Org": "spoofed", "X-Gateway-Anything": "1", "X-Custom": "kept",
-            "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "hop", "X-Forwarded-For": "10.1.1.1",
+            "Content-Type": "application/json",
+            "X-Gateway-Account": "spoofed",
+            "X-Gateway-Org": "spoofed",
+            "X-Gateway-Anything": "1",
+            "X-Custom": "kept",
+            "Connection": "keep-alive, X-Drop-Me",
+            "X-Drop-Me": "hop",
+            "X-Forwarded-For": "10.1.1.1",
         },
     )
     assert status == 200
@@ -131,10 +147,20 @@ async def test_refusals_have_their_codes_and_never_reach_upstream(
         ("DELETE", flat, {}, 405, "METHOD_NOT_ALLOWED"),
         ("POST", flat, {"data": b"x" * 5000}, 413, "PAYLOAD_TOO_LARGE"),
         ("POST", flat, {"auth": None}, 401, "MISSING_API_KEY"),
-        ("POST", flat, {"headers": {"Authorization": "Basic abc"}, "auth": None}, 401,
-         "MISSING_API_KEY"),
-        ("POST", flat, {"headers": {"Authorization": "Bearer"}, "auth": None}, 401,
-         "MISSING_API_KEY"),
+        (
+            "POST",
+            flat,
+            {"headers": {"Authorization": "Basic abc"}, "auth": None},
+            401,
+            "MISSING_API_KEY",
+        ),
+        (
+            "POST",
+            flat,
+            {"headers": {"Authorization": "Bearer"}, "auth": None},
+            401,
+            "MISSING_API_KEY",
+        ),
         ("POST", flat, {"auth": "sk_live_" + "a" * 32}, 401, "INVALID_API_KEY"),
         ("POST", flat, {"auth": "garbage-key!"}, 401, "INVALID_API_KEY"),
         ("POST", flat, {"auth": "sk_live_short"}, 401, "INVALID_API_KEY"),
@@ -152,8 +178,13 @@ async def test_refusals_have_their_codes_and_never_reach_upstream(
         assert_envelope(status, headers, body, want, code)
     assert upstream.requests == []
     _, _, account = await gateway.call("GET", "/v1/account", c.key)
-    assert account["credits"] == {"allocation": 37500, "used": 0, "held": 0, "remaining": 37500,
-                                  "overage": 0}
+    assert account["credits"] == {
+        "allocation": 37500,
+        "used": 0,
+        "held": 0,
+        "remaining": 37500,
+        "overage": 0,
+    }
 
 
 async def test_validation_error_names_the_field(gateway: Running) -> None:
@@ -189,8 +220,10 @@ async def test_rate_limit(gateway: Running, upstream: RecordingUpstream) -> None
 
 async def test_concurrency_limit_refusal(gateway: Running, upstream: RecordingUpstream) -> None:
     c = await gateway.new_customer("five")
-    slow = [asyncio.create_task(gateway.call("POST", "/v1/monitor/flat?sleep=0.5", c.key))
-            for _ in range(5)]
+    slow = [
+        asyncio.create_task(gateway.call("POST", "/v1/monitor/flat?sleep=0.5", c.key))
+        for _ in range(5)
+    ]
     while sum(upstream.in_flight.values()) < 5:
         await asyncio.sleep(0.01)
     status, headers, body = await gateway.call("POST", "/v1/monitor/flat", c.key)
@@ -219,8 +252,9 @@ async def test_revoked_key_is_refused_at_once(gateway: Running) -> None:
     assert (await gateway.call("POST", "/v1/monitor/flat", c.key))[0] == 200
     assert (await gateway.admin_call("DELETE", f"/admin/keys/{c.key_id}"))[0] == 204
     for path in ("/v1/monitor/flat", "/v1/credits"):
-        status, headers, body = await gateway.call("POST" if "monitor" in path else "GET", path,
-                                                   c.key)
+        status, headers, body = await gateway.call(
+            "POST" if "monitor" in path else "GET", path, c.key
+        )
         assert_envelope(status, headers, body, 401, "INVALID_API_KEY")
 
 
@@ -234,7 +268,7 @@ async def test_inactive_subscription(gateway: Running, upstream: RecordingUpstre
 
 
 async def test_upstream_unreachable_is_502_and_uncharged(redis_url: str) -> None:
-    from tests.support.harness import start_gateway, catalog_for
+    from tests.support.harness import catalog_for, start_gateway
     from tests.support.redis_server import free_port
 
     running = await start_gateway(redis_url, catalog_for(f"http://127.0.0.1:{free_port()}"))
@@ -260,7 +294,7 @@ async def test_upstream_timeout_is_504_and_frees_the_slot(gateway: Running) -> N
 
 
 async def test_store_down_is_503_with_retry_after(upstream: RecordingUpstream) -> None:
-    from tests.support.harness import start_gateway, catalog_for
+    from tests.support.harness import catalog_for, start_gateway
     from tests.support.redis_server import free_port
 
     running = await start_gateway(
@@ -286,7 +320,10 @@ async def test_control_characters_in_headers_are_refused(
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
             b"POST /v1/monitor/flat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + c.key.encode() + b"\r\n" + bad + b"\r\nContent-Length: 0\r\n\r\n"
+            + c.key.encode()
+            + b"\r\n"
+            + bad
+            + b"\r\nContent-Length: 0\r\n\r\n"
         )
         await writer.drain()
         response = await reader.read(65536)
@@ -300,8 +337,11 @@ async def test_control_characters_in_headers_are_refused(
 
 async def test_garbage_never_takes_the_process_down(gateway: Running) -> None:
     host, port = gateway.public.removeprefix("http://").split(":")
-    for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
-                 b"POST /v1/monitor/flat HTTP/1.1\r\nContent-Length: -5\r\n\r\n"):
+    for junk in (
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /v1/monitor/flat HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+    ):
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(junk)
         await writer.drain()

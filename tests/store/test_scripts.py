@@ -254,9 +254,7 @@ async def concurrency_limit_and_release_on_settle(client: Any) -> None:
     assert await w.admit("r1", 10) == ok(50, 49, 2, 1, 90)
     assert await w.admit("r2", 10) == ok(50, 48, 2, 2, 80)
     # At the limit: refused with the count in flight (not counting itself), nothing held.
-    assert await w.admit("r3", 10) == Admission(
-        "CONCURRENT_LIMIT_EXCEEDED", 50, 47, 2, 2, 80, 0
-    )
+    assert await w.admit("r3", 10) == Admission("CONCURRENT_LIMIT_EXCEEDED", 50, 47, 2, 2, 80, 0)
     assert set(await w.leases()) == {"r1", "r2"}
     assert await w.holds() == {"r1": hold(10), "r2": hold(10)}
     assert await w.balance() == (100, 0, 20)
@@ -434,16 +432,31 @@ async def settle_logs_request_and_bumps_hourly_usage(client: Any) -> None:
     assert await w.settle("r1", at=at, route="search", status=200, latency_ms=321) == (
         Settlement(True, 7, 89)
     )
-    assert await w.settle("r2", at=at + 1, route="search", status=504, charge=False,
-                          latency_ms=2000) == Settlement(True, 0, 93)
+    assert await w.settle(
+        "r2", at=at + 1, route="search", status=504, charge=False, latency_ms=2000
+    ) == Settlement(True, 0, 93)
     # A replay adds neither a log entry nor usage.
     assert await w.settle("r1", at=at + 2) == Settlement(False, 0, 93)
     entries = await client.xrange(log)
     assert [fields for _, fields in entries] == [
-        {"id": "r1", "time": str(at), "route": "search", "org": org, "status": "200",
-         "credits": "7", "latency_ms": "321"},
-        {"id": "r2", "time": str(at + 1), "route": "search", "org": org, "status": "504",
-         "credits": "0", "latency_ms": "2000"},
+        {
+            "id": "r1",
+            "time": str(at),
+            "route": "search",
+            "org": org,
+            "status": "200",
+            "credits": "7",
+            "latency_ms": "321",
+        },
+        {
+            "id": "r2",
+            "time": str(at + 1),
+            "route": "search",
+            "org": org,
+            "status": "504",
+            "credits": "0",
+            "latency_ms": "2000",
+        },
     ]
     usage = keys.usage_hour(w.account.id, at)
     assert usage == keys.usage_hour(w.account.id, NOW_MS)  # same hour
@@ -487,9 +500,7 @@ async def hold_from_previous_cycle_is_not_charged_to_new_cycle(client: Any) -> N
     assert await w.admit("old", 9) == ok(5, 4, 3, 1, 91)
     assert await w.admit("old2", 6) == ok(5, 3, 3, 2, 85)
     # Renewal: a new cycle starts with fresh counters.
-    await client.hset(
-        w.account_key, mapping={"cycle_start": CYCLE_END_MS, "used": 0, "held": 0}
-    )
+    await client.hset(w.account_key, mapping={"cycle_start": CYCLE_END_MS, "used": 0, "held": 0})
     assert await w.settle("old", charge=True) == Settlement(True, 9, 100)
     assert await w.balance() == (100, 0, 0)
     assert await w.holds() == {"old2": hold(6)}
@@ -580,8 +591,12 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
     assert await w.admit("r1", 5) == ok(5, 4, 3, 1, 95)
     assert await w.admit("r2", 5) == ok(5, 3, 3, 2, 90)
     assert (await w.settle("r1")).applied
-    index = {keys.api_key(hash_key(w.plaintext)), keys.org_index(org),
-             keys.key_index(w.key.id), keys.ACCOUNTS}
+    index = {
+        keys.api_key(hash_key(w.plaintext)),
+        keys.org_index(org),
+        keys.key_index(w.key.id),
+        keys.ACCOUNTS,
+    }
     written = set(await client.keys("*")) - index
     assert written == {
         keys.account(a),

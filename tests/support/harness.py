@@ -23,8 +23,9 @@ ADMIN_TOKEN = "test-admin-token"
 
 def catalog_for(upstream_url: str, path: Path = DATA / "catalog.yaml") -> Catalog:
     catalog = load_catalog(path)
-    upstreams = {name: u.model_copy(update={"url": upstream_url})
-                 for name, u in catalog.upstreams.items()}
+    upstreams = {
+        name: u.model_copy(update={"url": upstream_url}) for name, u in catalog.upstreams.items()
+    }
     return catalog.model_copy(update={"upstreams": upstreams})
 
 

@@ -48,8 +48,9 @@ class RecordingUpstream:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.requests.append(Seen(request.method, request.path_qs, CIMultiDict(request.headers),
-                                  body))
+        self.requests.append(
+            Seen(request.method, request.path_qs, CIMultiDict(request.headers), body)
+        )
         org = request.headers.get("X-Gateway-Org", "-")
         self.in_flight[org] += 1
         self.max_in_flight[org] = max(self.max_in_flight[org], self.in_flight[org])
@@ -58,8 +59,14 @@ class RecordingUpstream:
         finally:
             self.in_flight[org] -= 1
         status = int(request.query.get("status", 200))
-        payload = {"success": 200 <= status < 300, "path": request.path,
-                   "filler": "x" * int(request.query.get("size", 0))}
-        return web.Response(status=status, body=json.dumps(payload).encode(),
-                            content_type="application/json",
-                            headers={"X-Upstream": "yes", "Connection": "keep-alive"})
+        payload = {
+            "success": 200 <= status < 300,
+            "path": request.path,
+            "filler": "x" * int(request.query.get("size", 0)),
+        }
+        return web.Response(
+            status=status,
+            body=json.dumps(payload).encode(),
+            content_type="application/json",
+            headers={"X-Upstream": "yes", "Connection": "keep-alive"},
+        )
