@@ -19,9 +19,11 @@ from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
 from gateway.proxy.handler import proxy
 from gateway.proxy.leases import InFlight, renew_forever
+from gateway.proxy.pricebooks import PriceBooks
 from gateway.proxy.upstream import new_session
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
+from gateway.store.billing import Billing
 from gateway.store.connect import connect
 from gateway.store.ledger import Ledger
 
@@ -38,6 +40,7 @@ def build_gateway(
     metrics = metrics or Metrics()
     client = client if client is not None else connect(settings)
     ledger = Ledger(client, metrics, settings.redis_timeout_s)
+    accounts = Accounts(client)
     return Gateway(
         settings=settings,
         catalog=LiveCatalog(catalog),
@@ -45,9 +48,11 @@ def build_gateway(
         metrics=metrics,
         clock=clock,
         ledger=ledger,
-        accounts=Accounts(client),
+        accounts=accounts,
         keys=KeyCache(ledger, ttl_s=settings.key_cache_ttl_s),
         inflight=InFlight(metrics),
+        billing=Billing(accounts),
+        pricebooks=PriceBooks(accounts, ledger),
     )
 
 

@@ -13,8 +13,10 @@ from gateway.clock import Clock, to_ms
 from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
 from gateway.proxy.leases import InFlight
+from gateway.proxy.pricebooks import PriceBooks
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
+from gateway.store.billing import Billing
 from gateway.store.ledger import Identity, Ledger
 
 
@@ -31,6 +33,8 @@ class Gateway:
     accounts: Accounts
     keys: KeyCache
     inflight: InFlight
+    billing: Billing
+    pricebooks: PriceBooks
     http: aiohttp.ClientSession = field(init=False)
 
     def now_ms(self) -> int:

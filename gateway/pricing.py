@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
-from gateway.catalog.models import FlagRule, PerRule, Price
+from gateway.billing.contract import PriceBook
+from gateway.catalog.models import FlagRule, PerRule, Price, Route
 from gateway.errors import ValidationFailed
 
 _ABSENT = object()
+
+
+def route_price(route: Route, book: PriceBook | None, now: datetime) -> Price | None:
+    """The price that applies to this account: its contract's override, else the price locked
+    when the contract was signed (until the lock ends), else the catalog's. None: unmetered."""
+    if book is None:
+        return route.price
+    if route.name in book.prices:
+        return book.prices[route.name]
+    if book.locked_until is not None and now < book.locked_until and route.name in book.locked:
+        return book.locked[route.name]
+    return route.price
 
 
 def price_of(price: Price, body: bytes) -> int:

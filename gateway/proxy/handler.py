@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from gateway.catalog.models import Route
 from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, WHO, Gateway
 from gateway.errors import (
     ConcurrentLimitExceeded,
@@ -19,7 +20,7 @@ from gateway.errors import (
     StoreError,
     SubscriptionInactive,
 )
-from gateway.pricing import price_of
+from gateway.pricing import price_of, route_price
 from gateway.proxy.upstream import UpstreamReply, forward, request_headers
 from gateway.store.ledger import Admission, Identity, Settlement
 
@@ -37,17 +38,8 @@ async def proxy(request: web.Request) -> web.Response:
 
     who = await gw.keys.authenticate(request.headers.get("Authorization"))
     request[WHO] = who
-    price = None if route.price is None else price_of(route.price, body)
-
-    request_id: str = request[REQUEST_ID]
-    admission = await gw.ledger.admit(
-        who,
-        request_id=request_id,
-        now_ms=gw.now_ms(),
-        lease_ttl_ms=limits.lease_ttl_s * 1000,
-        price=price,
-        enterprise_only=route.enterprise_only,
-    )
+    request_id = request[REQUEST_ID]
+    admission, price = await _price_and_admit(gw, request, route, body, who, limits.lease_ttl_s)
     gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     tracking = _rate_headers(admission)
     if price is not None:
@@ -98,6 +90,33 @@ async def proxy(request: web.Request) -> web.Response:
     if settled.charged:
         gw.metrics.credits_charged.labels(route.name).inc(settled.charged)
     return _respond(reply, tracking)
+
+
+async def _price_and_admit(
+    gw: Gateway, request: web.Request, route: Route, body: bytes, who: Identity, lease_ttl_s: int
+) -> tuple[Admission, int | None]:
+    """Price with the account's price book, then admit. The script may ask to renew the
+    account first (its cycle ended) or to price again (its contract changed): then retry."""
+    for _ in range(3):
+        version, book = await gw.pricebooks.get(who.account_id)
+        price_rule = route_price(route, book, gw.clock())
+        price = None if price_rule is None else price_of(price_rule, body)
+        admission = await gw.ledger.admit(
+            who,
+            request_id=request[REQUEST_ID],
+            now_ms=gw.now_ms(),
+            lease_ttl_ms=lease_ttl_s * 1000,
+            price=price,
+            enterprise_only=route.enterprise_only,
+            pricing_version=version,
+        )
+        if admission.code == "RENEW":
+            await gw.billing.current(who.account_id, gw.catalog.current.catalog.plans, gw.clock())
+        elif admission.code == "REPRICE":
+            gw.pricebooks.forget(who.account_id)
+        else:
+            return admission, price
+    raise StoreError(f"account {who.account_id} did not settle into a state to admit")
 
 
 async def _settle(

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway.billing.contract import Contract, PriceBook
 from gateway.billing.cycles import cycle_at
+from gateway.billing.subscription import Entry, Subscription, new_entry_id
 from gateway.catalog.models import Plan
 from gateway.clock import from_ms, to_ms
 from gateway.store import keys
@@ -69,6 +71,10 @@ class AccountRecord:
     rate_limit_rps: int
     overage_allowed: bool
     created_at: datetime
+    price_cents: int = 0
+    pending_plan: str | None = None
+    contract: Contract | None = None
+    version: int = 0
     orgs: tuple[OrgRecord, ...] = field(default=())
 
     @property
@@ -78,6 +84,26 @@ class AccountRecord:
     @property
     def overage(self) -> int:
         return max(0, self.used - self.allocation)
+
+    def org(self, org_id: str) -> OrgRecord | None:
+        return next((org for org in self.orgs if org.id == org_id), None)
+
+    def subscription(self) -> Subscription:
+        return Subscription(
+            account_id=self.id,
+            kind=self.kind,
+            plan=self.plan,
+            contract=self.contract,
+            status=self.status,
+            anchor=self.anchor,
+            cycle_start=self.cycle_start,
+            cycle_end=self.cycle_end,
+            allocation=self.allocation,
+            used=self.used,
+            price_cents=self.price_cents,
+            pending_plan=self.pending_plan,
+            version=self.version,
+        )
 
 
 class Accounts:
@@ -90,32 +116,128 @@ class Accounts:
         self, *, name: str, plan_name: str, plan: Plan, anchor: datetime, now: datetime
     ) -> AccountRecord:
         """A public account on `plan`, with its one org."""
+        return await self._create(
+            name=name,
+            anchor=anchor,
+            now=now,
+            concurrency=plan.concurrency,
+            fields={
+                "kind": "public",
+                "plan": plan_name,
+                "allocation": plan.credits,
+                "rps": plan.rate_limit_rps,
+                "overage": 0,
+                "price_cents": plan.price_cents,
+            },
+            description=f"Subscribed to {plan_name}",
+            to_plan=plan_name,
+        )
+
+    async def create_enterprise(
+        self, *, name: str, contract: Contract, book: PriceBook, anchor: datetime, now: datetime
+    ) -> AccountRecord:
+        """An enterprise account; its first org starts with the contract's whole concurrency."""
+        return await self._create(
+            name=name,
+            anchor=anchor,
+            now=now,
+            concurrency=contract.concurrency,
+            fields={
+                "kind": "enterprise",
+                "plan": "",
+                "allocation": contract.credits_per_cycle,
+                "rps": contract.rate_limit_rps,
+                "overage": 1 if contract.overage else 0,
+                "price_cents": contract.price_cents,
+                "contract": contract.model_dump_json(),
+                "pricebook": book.model_dump_json(),
+                "pv": 1,
+            },
+            description="Enterprise contract signed",
+            to_plan="enterprise",
+        )
+
+    async def _create(
+        self,
+        *,
+        name: str,
+        anchor: datetime,
+        now: datetime,
+        concurrency: int,
+        fields: dict[str, str | int],
+        description: str,
+        to_plan: str,
+    ) -> AccountRecord:
         account_id, org_id = new_id("acct"), new_id("org")
         start, end = cycle_at(anchor, now)
-        fields: dict[str, str | int] = {
+        record: dict[str, str | int] = {
             "id": account_id,
             "name": name,
-            "kind": "public",
-            "plan": plan_name,
             "status": "active",
             "anchor": to_ms(anchor),
             "cycle_start": to_ms(start),
             "cycle_end": to_ms(end),
-            "allocation": plan.credits,
             "used": 0,
             "held": 0,
-            "rps": plan.rate_limit_rps,
-            "overage": 0,
             "created_at": to_ms(now),
+            "version": 0,
+            "pv": 0,
+            "pending_plan": "",
             f"org:{org_id}": json.dumps({"name": name}),
-            f"org:{org_id}:limit": plan.concurrency,
+            f"org:{org_id}:limit": concurrency,
+            **fields,
         }
-        await self.client.hset(keys.account(account_id), mapping=fields)
+        entry = Entry(
+            new_entry_id(),
+            account_id,
+            "subscribe",
+            now,
+            start,
+            end,
+            int(record["price_cents"]),
+            int(record["allocation"]),
+            description,
+            to_plan=to_plan,
+        )
+        # The account hash is written whole in one command; the indexes follow it.
+        await self.client.hset(keys.account(account_id), mapping=record)
+        await self.client.rpush(keys.billing(account_id), entry.dumps())
         await self.client.set(keys.org_index(org_id), account_id)
         await self.client.sadd(keys.ACCOUNTS, account_id)
-        record = await self.get(account_id)
-        assert record is not None
-        return record
+        await self.client.zadd(keys.CYCLE_ENDS, {account_id: to_ms(end)})
+        created = await self.get(account_id)
+        assert created is not None
+        return created
+
+    async def add_org(self, account_id: str, name: str, concurrency: int) -> str:
+        """A new org of an (enterprise) account; the caller checked the shares."""
+        org_id = new_id("org")
+        await self.client.hset(
+            keys.account(account_id),
+            mapping={
+                f"org:{org_id}": json.dumps({"name": name}),
+                f"org:{org_id}:limit": concurrency,
+            },
+        )
+        await self.client.set(keys.org_index(org_id), account_id)
+        return org_id
+
+    async def update_org(
+        self, account_id: str, org_id: str, name: str | None, concurrency: int | None
+    ) -> None:
+        fields: dict[str, str | int] = {}
+        if name is not None:
+            fields[f"org:{org_id}"] = json.dumps({"name": name})
+        if concurrency is not None:
+            fields[f"org:{org_id}:limit"] = concurrency
+        if fields:
+            await self.client.hset(keys.account(account_id), mapping=fields)
+
+    async def pricebook(self, account_id: str) -> tuple[str, PriceBook | None]:
+        """The account's pricing version and, for a contract, its price book."""
+        version, raw = await self.client.hmget(keys.account(account_id), "pv", "pricebook")
+        book = PriceBook.model_validate_json(raw) if raw else None
+        return str(version or "0"), book
 
     async def account_of_org(self, org_id: str) -> str | None:
         value = await self.client.get(keys.org_index(org_id))
@@ -206,5 +328,9 @@ class Accounts:
             rate_limit_rps=int(raw["rps"]),
             overage_allowed=raw.get("overage") == "1",
             created_at=from_ms(int(raw["created_at"])),
+            price_cents=int(raw.get("price_cents", 0)),
+            pending_plan=raw.get("pending_plan") or None,
+            contract=Contract.model_validate_json(raw["contract"]) if raw.get("contract") else None,
+            version=int(raw.get("version", 0)),
             orgs=tuple(orgs),
         )

@@ -4,6 +4,7 @@ touching several of them stays inside one Redis Cluster slot."""
 from __future__ import annotations
 
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 
 
 def account(account_id: str) -> str:
@@ -23,7 +24,15 @@ def request_log(account_id: str) -> str:
 
 
 def usage_hour(account_id: str, now_ms: int) -> str:
-    return f"gw:{{acct:{account_id}}}:usage:{now_ms - now_ms % HOUR_MS}"
+    return f"gw:{{acct:{account_id}}}:usage:h:{now_ms - now_ms % HOUR_MS}"
+
+
+def usage_day(account_id: str, now_ms: int) -> str:
+    return f"gw:{{acct:{account_id}}}:usage:d:{now_ms - now_ms % DAY_MS}"
+
+
+def billing(account_id: str) -> str:
+    return f"gw:{{acct:{account_id}}}:billing"
 
 
 # Indexes that lead from an id to its account. They are written once and never change.
@@ -40,3 +49,5 @@ def key_index(key_id: str) -> str:
 
 
 ACCOUNTS = "gw:accounts"
+# When each account's current cycle ends (score, ms): the renewal sweeper's work list.
+CYCLE_ENDS = "gw:cycle_ends"

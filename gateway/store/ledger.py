@@ -99,6 +99,7 @@ class Ledger:
         lease_ttl_ms: int,
         price: int | None,
         enterprise_only: bool,
+        pricing_version: str,
     ) -> Admission:
         """price None: an unmetered route (rate window only, no lease, no hold)."""
         a = who.account_id
@@ -115,6 +116,7 @@ class Ledger:
                     lease_ttl_ms,
                     -1 if price is None else price,
                     1 if enterprise_only else 0,
+                    pricing_version,
                 ],
             ),
             deadline=False,
@@ -143,6 +145,7 @@ class Ledger:
                     keys.holds(a),
                     keys.request_log(a),
                     keys.usage_hour(a, now_ms),
+                    keys.usage_day(a, now_ms),
                 ],
                 [
                     request_id,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +21,13 @@ class Script:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.body.encode()).hexdigest())
 
+    async def run(self, client: Any, keys: list[str], args: list[str | int]) -> Any:
+        """One unbatched call (admin paths); the hot path goes through the ScriptBatcher."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.body, len(keys), *keys, *args)
+
 
 def _load(name: str) -> Script:
     return Script(name, resources.files("gateway.store").joinpath(f"lua/{name}.lua").read_text())
@@ -25,3 +35,4 @@ def _load(name: str) -> Script:
 
 ADMIT = _load("admit")
 SETTLE = _load("settle")
+APPLY = _load("apply")

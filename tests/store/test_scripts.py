@@ -99,6 +99,7 @@ class World:
             lease_ttl_ms=TTL_MS,
             price=price,
             enterprise_only=enterprise_only,
+            pricing_version="0",
         )
 
     async def settle(
@@ -584,6 +585,8 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.request_log(a),
         keys.usage_hour(a, NOW_MS),
         keys.usage_hour(a, NOW_MS + 7 * keys.HOUR_MS),
+        keys.usage_day(a, NOW_MS),
+        keys.billing(a),
     ]
     assert {hash_tag(name) for name in names} == {f"acct:{a}"}
     assert len({key_slot(name.encode()) for name in names}) == 1
@@ -596,6 +599,7 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.org_index(org),
         keys.key_index(w.key.id),
         keys.ACCOUNTS,
+        keys.CYCLE_ENDS,
     }
     written = set(await client.keys("*")) - index
     assert written == {
@@ -604,6 +608,8 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.holds(a),
         keys.request_log(a),
         keys.usage_hour(a, NOW_MS + 250),
+        keys.usage_day(a, NOW_MS + 250),
+        keys.billing(a),
     }
     assert {hash_tag(name) for name in written} == {f"acct:{a}"}
 

@@ -15,10 +15,13 @@
 -- ARGV[5] lease time to live, milliseconds
 -- ARGV[6] price in credits (integer >= 0), or -1 for an unmetered route: no lease, no hold
 -- ARGV[7] "1" when the route is enterprise-only
+-- ARGV[8] the account's pricing version the price was computed with
 --
 -- Returns {code, rps_limit, rps_remaining, conc_limit, conc_current, credits_remaining, reclaimed}
 --   code: "OK" | "INVALID_API_KEY" | "SUBSCRIPTION_INACTIVE" | "INSUFFICIENT_PERMISSIONS"
 --         | "RATE_LIMIT_EXCEEDED" | "CONCURRENT_LIMIT_EXCEEDED" | "INSUFFICIENT_CREDITS"
+--         | "RENEW"   the cycle has ended: renew the account, then admit again
+--         | "REPRICE" the account's prices changed (contract): price again, then admit again
 --   conc_current counts this request when admitted; credits_remaining is after the hold
 --   (allocation - used - held, negative for an enterprise account in overage).
 
@@ -29,7 +32,8 @@ local ttl = tonumber(ARGV[5])
 local price = tonumber(ARGV[6])
 
 local f = redis.call('HMGET', account, 'status', 'kind', 'allocation', 'used', 'held', 'rps',
-  'rate_sec', 'rate_count', 'overage', 'cycle_start', 'org:' .. org .. ':limit', 'key:' .. key)
+  'rate_sec', 'rate_count', 'overage', 'cycle_start', 'org:' .. org .. ':limit', 'key:' .. key,
+  'cycle_end', 'pv')
 if not f[1] or not f[12] or not f[11] then
   return {'INVALID_API_KEY', 0, 0, 0, 0, 0, 0}
 end
@@ -39,6 +43,12 @@ local remaining = allocation - used - held
 
 if f[1] ~= 'active' and f[1] ~= 'canceling' then
   return {'SUBSCRIPTION_INACTIVE', rps, rps, limit, 0, remaining, 0}
+end
+if now >= tonumber(f[13]) then
+  return {'RENEW', rps, rps, limit, 0, remaining, 0}
+end
+if (f[14] or '0') ~= ARGV[8] then
+  return {'REPRICE', rps, rps, limit, 0, remaining, 0}
 end
 if ARGV[7] == '1' and f[2] ~= 'enterprise' then
   return {'INSUFFICIENT_PERMISSIONS', rps, rps, limit, 0, remaining, 0}

@@ -8,7 +8,8 @@
 -- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>
 -- KEYS[3] holds          gw:{acct:<A>}:holds
 -- KEYS[4] request log    gw:{acct:<A>}:requests      stream, newest last, trimmed to ARGV[8]
--- KEYS[5] usage hour     gw:{acct:<A>}:usage:<hour start ms>  hash "<route>|<org>|n" / "|c"
+-- KEYS[5] usage hour     gw:{acct:<A>}:usage:h:<hour start ms>  hash "<route>|<org>|n" / "|c"
+-- KEYS[6] usage day      gw:{acct:<A>}:usage:d:<day start ms>   the same, per UTC day
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] now, epoch milliseconds
@@ -22,7 +23,7 @@
 -- Returns {applied, charged, credits_remaining}
 --   applied: 1 when this call settled the request, 0 when it was already settled or reclaimed.
 
-local account, leases, holds, log, usage = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local account, leases, holds, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local request_id = ARGV[1]
 
 redis.call('ZREM', leases, request_id)
@@ -48,7 +49,9 @@ end
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], '*', 'id', request_id, 'time', ARGV[3],
   'route', ARGV[5], 'org', ARGV[2], 'status', ARGV[6], 'credits', charged, 'latency_ms', ARGV[7])
 local field = ARGV[5] .. '|' .. ARGV[2]
-redis.call('HINCRBY', usage, field .. '|n', 1)
-if charged > 0 then redis.call('HINCRBY', usage, field .. '|c', charged) end
-redis.call('EXPIRE', usage, ARGV[9])
+for _, usage in ipairs({KEYS[5], KEYS[6]}) do
+  redis.call('HINCRBY', usage, field .. '|n', 1)
+  if charged > 0 then redis.call('HINCRBY', usage, field .. '|c', charged) end
+  redis.call('EXPIRE', usage, ARGV[9])
+end
 return {1, charged, allocation - used - held}
