@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from gateway.catalog.live import LiveCatalog
 from gateway.catalog.models import Catalog
 from gateway.clock import Clock, system_clock
 from gateway.context import GATEWAY, Gateway
+from gateway.errors import GatewayError, StoreError
 from gateway.http import admin_middleware, public_middleware
 from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
@@ -26,6 +28,8 @@ from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
 from gateway.store.connect import connect
 from gateway.store.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
 def build_gateway(
@@ -62,7 +66,7 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public[GATEWAY] = gw
     public.add_routes(account.routes)
     public.router.add_route("*", "/{tail:.*}", proxy)
-    public.cleanup_ctx.extend([_upstream_session, _store_client, _lease_renewer])
+    public.cleanup_ctx.extend([_upstream_session, _store_client, _lease_renewer, _renewal_sweeper])
 
     admin_app = web.Application(middlewares=[admin_middleware])
     admin_app[GATEWAY] = gw
@@ -98,6 +102,27 @@ async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _renewal_sweeper(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    task = asyncio.create_task(sweep_renewals_forever(gw))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def sweep_renewals_forever(gw: Gateway) -> None:
+    """Renew accounts whose cycle ended even if nobody touches them (R2)."""
+    while True:
+        await asyncio.sleep(gw.settings.renewal_sweep_s)
+        now = gw.clock()
+        try:
+            for account_id in await gw.billing.due(now):
+                await gw.billing.current(account_id, gw.catalog.current.catalog.plans, now)
+        except (StoreError, GatewayError) as exc:
+            log.warning("renewal sweep stopped early: %s", exc)
 
 
 @contextlib.asynccontextmanager

@@ -31,3 +31,5 @@ class Settings(BaseSettings):
     # How long an API key's identity is cached in-process. Revocation is checked by the
     # admit script itself, so this only bounds how long a deleted key's lookup lingers.
     key_cache_ttl_s: float = 60.0
+    # How often each process looks for accounts whose cycle ended (they also renew on touch).
+    renewal_sweep_s: float = 30.0

@@ -5,11 +5,21 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.api.schemas import CreateAccount, admin_account_view, parse
-from gateway.billing.cycles import cycle_at
+from gateway.api import operations
+from gateway.api.schemas import (
+    CreateAccount,
+    CreditAdjustment,
+    NewOrg,
+    OrgPatch,
+    PlanChoice,
+    admin_account_view,
+    parse,
+)
+from gateway.billing.contract import Contract
 from gateway.clock import iso
-from gateway.context import GATEWAY
+from gateway.context import GATEWAY, Gateway
 from gateway.errors import NotFound, ValidationFailed
+from gateway.store import keys
 from gateway.store.accounts import AccountRecord
 
 routes = web.RouteTableDef()
@@ -43,30 +53,64 @@ async def metrics(request: web.Request) -> web.Response:
 async def create_account(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     body = await parse(request, CreateAccount)
-    plans = gw.catalog.current.catalog.plans
-    plan = plans.get(body.plan)
-    if plan is None:
-        raise ValidationFailed(
-            f"plan: unknown plan {body.plan!r}", details={"field": "plan", "known": sorted(plans)}
-        )
+    catalog = gw.catalog.current.catalog
     now = gw.clock()
+    if (body.plan is None) == (body.contract is None):
+        raise ValidationFailed(
+            "plan: give exactly one of plan or contract", details={"field": "plan"}
+        )
     anchor = body.anchor or now
     if anchor.tzinfo is None:
         raise ValidationFailed("anchor: give a UTC offset, e.g. Z", details={"field": "anchor"})
     if anchor > now:
         raise ValidationFailed("anchor: must not be in the future", details={"field": "anchor"})
-    record = await gw.accounts.create_public(
-        name=body.name, plan_name=body.plan, plan=plan, anchor=anchor, now=now
-    )
-    start, end = cycle_at(record.anchor, now)
-    view = admin_account_view(record)
-    view["cycle"] = {"start": iso(start), "end": iso(end)}
-    return web.json_response(view, status=201)
+    if body.contract is not None:
+        operations.check_contract_prices(body.contract, catalog)
+        record = await gw.accounts.create_enterprise(
+            name=body.name,
+            contract=body.contract,
+            book=operations.price_book(body.contract, catalog),
+            anchor=anchor,
+            now=now,
+        )
+    else:
+        assert body.plan is not None
+        plan = catalog.plans.get(body.plan)
+        if plan is None:
+            raise ValidationFailed(
+                f"plan: unknown plan {body.plan!r}",
+                details={"field": "plan", "known": sorted(catalog.plans)},
+            )
+        record = await gw.accounts.create_public(
+            name=body.name, plan_name=body.plan, plan=plan, anchor=anchor, now=now
+        )
+    return web.json_response(admin_account_view(record), status=201)
 
 
 @routes.get("/admin/accounts/{id}")
 async def get_account(request: web.Request) -> web.Response:
-    return web.json_response(admin_account_view(await _account(request, request.match_info["id"])))
+    return web.json_response(admin_account_view(await _account(request)))
+
+
+@routes.post("/admin/accounts/{id}/orgs")
+async def add_org(request: web.Request) -> web.Response:
+    record = await _account(request)
+    body = await parse(request, NewOrg)
+    org = await operations.add_org(request.app[GATEWAY], record.id, body.name, body.concurrency)
+    return web.json_response(org, status=201)
+
+
+@routes.patch("/admin/orgs/{id}")
+async def update_org(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    org_id = request.match_info["id"]
+    account_id = await gw.accounts.account_of_org(org_id)
+    if account_id is None:
+        raise NotFound("No such organization", details={"org_id": org_id})
+    body = await parse(request, OrgPatch)
+    return web.json_response(
+        await operations.update_org(gw, account_id, org_id, body.name, body.concurrency)
+    )
 
 
 @routes.post("/admin/orgs/{id}/keys")
@@ -95,9 +139,83 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def _account(request: web.Request, account_id: str) -> AccountRecord:
+@routes.post("/admin/accounts/{id}/subscription")
+async def change_plan(request: web.Request) -> web.Response:
+    return await _plan_change(request, preview=False)
+
+
+@routes.post("/admin/accounts/{id}/subscription/preview")
+async def preview(request: web.Request) -> web.Response:
+    return await _plan_change(request, preview=True)
+
+
+@routes.post("/admin/accounts/{id}/cancel")
+@routes.post("/admin/accounts/{id}/subscription/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    record = await _account(request)
+    return web.json_response(await operations.cancel(request.app[GATEWAY], record.id))
+
+
+@routes.post("/admin/accounts/{id}/reactivate")
+@routes.post("/admin/accounts/{id}/subscription/reactivate")
+async def reactivate(request: web.Request) -> web.Response:
+    record = await _account(request)
+    return web.json_response(await operations.reactivate(request.app[GATEWAY], record.id))
+
+
+@routes.put("/admin/accounts/{id}/contract")
+async def put_contract(request: web.Request) -> web.Response:
+    record = await _account(request)
+    contract = await parse(request, Contract)
+    updated = await operations.sign_contract(request.app[GATEWAY], record.id, contract)
+    return web.json_response(admin_account_view(updated))
+
+
+@routes.post("/admin/accounts/{id}/credits")
+async def adjust_credits(request: web.Request) -> web.Response:
+    record = await _account(request)
+    body = await parse(request, CreditAdjustment)
+    if body.delta == 0:
+        raise ValidationFailed("delta: must not be 0", details={"field": "delta"})
+    entry = await operations.adjust_credits(
+        request.app[GATEWAY], record.id, body.delta, body.reason
+    )
+    return web.json_response(entry, status=201)
+
+
+@routes.get("/admin/accounts/{id}/usage")
+async def usage(request: web.Request) -> web.Response:
+    record = await _account(request)
+    return web.json_response(await operations.usage(request.app[GATEWAY], record, request.query))
+
+
+@routes.get("/admin/accounts/{id}/requests")
+async def recent_requests(request: web.Request) -> web.Response:
+    record = await _account(request)
+    return web.json_response(
+        await operations.recent_requests(request.app[GATEWAY], record.id, request.query)
+    )
+
+
+@routes.get("/admin/accounts/{id}/billing")
+async def billing(request: web.Request) -> web.Response:
+    record = await _account(request)
+    return web.json_response(await operations.history(request.app[GATEWAY], record.id))
+
+
+async def _plan_change(request: web.Request, *, preview: bool) -> web.Response:
+    record = await _account(request)
+    choice = await parse(request, PlanChoice)
+    gw: Gateway = request.app[GATEWAY]
+    return web.json_response(
+        await operations.change_plan(gw, record.id, choice.plan, preview=preview)
+    )
+
+
+async def _account(request: web.Request) -> AccountRecord:
+    """The account named in the path, renewed if its cycle ended."""
     gw = request.app[GATEWAY]
-    record = await gw.accounts.get(account_id, gw.now_ms())
-    if record is None:
+    account_id = request.match_info["id"]
+    if not await gw.client.exists(keys.account(account_id)):
         raise NotFound("No such account", details={"account_id": account_id})
-    return record
+    return await operations.current(gw, account_id)

@@ -33,6 +33,10 @@ def new_api_key() -> str:
     return KEY_PREFIX + "".join(secrets.choice(_BASE62) for _ in range(32))
 
 
+def org_json(name: str, created: datetime) -> str:
+    return json.dumps({"name": name, "created_at": to_ms(created)})
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -53,6 +57,7 @@ class OrgRecord:
     concurrency: int
     in_flight: int = 0
     keys: tuple[KeyRecord, ...] = ()
+    created_at: datetime = field(default_factory=lambda: from_ms(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,8 @@ class AccountRecord:
     pending_plan: str | None = None
     contract: Contract | None = None
     version: int = 0
+    pricing_version: int = 0
+    price_book: PriceBook | None = None
     orgs: tuple[OrgRecord, ...] = field(default=())
 
     @property
@@ -209,30 +216,6 @@ class Accounts:
         assert created is not None
         return created
 
-    async def add_org(self, account_id: str, name: str, concurrency: int) -> str:
-        """A new org of an (enterprise) account; the caller checked the shares."""
-        org_id = new_id("org")
-        await self.client.hset(
-            keys.account(account_id),
-            mapping={
-                f"org:{org_id}": json.dumps({"name": name}),
-                f"org:{org_id}:limit": concurrency,
-            },
-        )
-        await self.client.set(keys.org_index(org_id), account_id)
-        return org_id
-
-    async def update_org(
-        self, account_id: str, org_id: str, name: str | None, concurrency: int | None
-    ) -> None:
-        fields: dict[str, str | int] = {}
-        if name is not None:
-            fields[f"org:{org_id}"] = json.dumps({"name": name})
-        if concurrency is not None:
-            fields[f"org:{org_id}:limit"] = concurrency
-        if fields:
-            await self.client.hset(keys.account(account_id), mapping=fields)
-
     async def pricebook(self, account_id: str) -> tuple[str, PriceBook | None]:
         """The account's pricing version and, for a contract, its price book."""
         version, raw = await self.client.hmget(keys.account(account_id), "pv", "pricebook")
@@ -301,18 +284,23 @@ class Accounts:
                 org_id = name.removeprefix("org:")
                 in_flight = 0
                 if now_ms is not None:
+                    # Leases expiring exactly now are already reclaimable, as in admit.lua.
                     in_flight = await self.client.zcount(
-                        keys.leases(raw["id"], org_id), now_ms, "+inf"
+                        keys.leases(raw["id"], org_id), f"({now_ms}", "+inf"
                     )
+                meta = json.loads(value)
                 orgs.append(
                     OrgRecord(
                         org_id,
-                        json.loads(value)["name"],
+                        meta["name"],
                         int(raw[f"org:{org_id}:limit"]),
                         in_flight,
                         tuple(sorted(key_records.get(org_id, []), key=lambda k: k.created_at)),
+                        from_ms(int(meta.get("created_at", 0))),
                     )
                 )
+        # The first org is the oldest: it came with the account.
+        orgs.sort(key=lambda org: (org.created_at, org.id))
         return AccountRecord(
             id=raw["id"],
             name=raw["name"],
@@ -332,5 +320,9 @@ class Accounts:
             pending_plan=raw.get("pending_plan") or None,
             contract=Contract.model_validate_json(raw["contract"]) if raw.get("contract") else None,
             version=int(raw.get("version", 0)),
+            pricing_version=int(raw.get("pv", 0)),
+            price_book=PriceBook.model_validate_json(raw["pricebook"])
+            if raw.get("pricebook")
+            else None,
             orgs=tuple(orgs),
         )
