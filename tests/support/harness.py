@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from gateway.app import build_gateway, serving
 from gateway.catalog.load import load_catalog
 from gateway.catalog.models import Catalog
+from gateway.clock import Clock, system_clock
 from gateway.context import Gateway
 from gateway.settings import Settings
 
@@ -79,7 +80,12 @@ class Customer:
 
 
 async def start_gateway(
-    redis_url: str, catalog: Catalog, *, admin_token: str | None = ADMIN_TOKEN, **settings: Any
+    redis_url: str,
+    catalog: Catalog,
+    *,
+    admin_token: str | None = ADMIN_TOKEN,
+    clock: Clock = system_clock,
+    **settings: Any,
 ) -> Running:
     stack = AsyncExitStack()
     gw = build_gateway(
@@ -89,6 +95,7 @@ async def start_gateway(
             **settings,
         ),
         catalog,
+        clock=clock,
     )
     port, admin_port = await stack.enter_async_context(
         serving(gw, host="127.0.0.1", port=0, admin_host="127.0.0.1", admin_port=0)
