@@ -44,7 +44,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or ValidationFailed."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    # RecursionError: a small body of deeply nested brackets must be a 400, not a 500.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValidationFailed(
             "The request body must be a JSON object", details={"field": "body"}
         ) from exc

@@ -183,7 +183,9 @@ def change_plan(
         fields: dict[str, str | int] = {
             "plan": target,
             "pending_plan": "",
-            "allocation": new.credits,
+            # R4: balance = new credits - used, floored at 0 (a pricier plan with fewer credits
+            # than already used leaves nothing, never a debt).
+            "allocation": max(new.credits, sub.used),
             "rps": new.rate_limit_rps,
             "price_cents": new.price_cents,
         }

@@ -33,6 +33,8 @@ def parse_catalog(raw: bytes, *, source: str = "catalog") -> Catalog:
         raise CatalogInvalid([f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(data, dict):
         raise CatalogInvalid([f"{source}: the catalog must be a mapping"])
+    if "version" in data:  # the version is the file's digest, never written by hand
+        raise CatalogInvalid(["version: unknown key"])
     data = {**data, "version": hashlib.sha256(raw).hexdigest()[:12]}
     try:
         return Catalog.model_validate(data)
@@ -56,12 +58,13 @@ def _problems(exc: ValidationError) -> list[str]:
 
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
-    for part in loc:
+    for index, part in enumerate(loc):
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("FlagRule", "PerRule"):
-            # pydantic names the union member it tried; the user wrote neither name.
-            text += f"({part})"
+        elif part.startswith("function-") or (index >= 2 and loc[index - 2] == "add"):
+            # pydantic names the validator it ran, or the rule's tag (`when`/`per`) right after
+            # the rule's index; the user wrote neither.
+            continue
         else:
             text += f".{part}" if text else part
     return text

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PosInt = Annotated[int, Field(ge=1, strict=True)]
@@ -73,9 +81,23 @@ class PerRule(_Frozen):
         return self
 
 
+def _rule_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "per" if "per" in value else "when"
+    return "per" if isinstance(value, PerRule) else "when"
+
+
+# Tagged by the key that names the rule, so a mistake in a `per` rule is reported against the
+# `per` rule alone, not against both shapes.
+Rule = Annotated[
+    Annotated[FlagRule, Tag("when")] | Annotated[PerRule, Tag("per")],
+    Discriminator(_rule_kind),
+]
+
+
 class Price(_Frozen):
     base: NonNegInt
-    add: tuple[FlagRule | PerRule, ...] = ()
+    add: tuple[Rule, ...] = ()
 
     @property
     def reads_body(self) -> bool:
