@@ -355,3 +355,19 @@ async def test_admin_plan_change_cancel_reactivate(gw: Running) -> None:
     assert body == {"requests": []}
     _, body = await gw.admin_call("GET", f"{base}/usage")
     assert body["buckets"] == []
+
+
+async def test_the_sweeper_renews_an_untouched_account(
+    redis_url: str, upstream: RecordingUpstream, clock: MovableClock
+) -> None:
+    gw = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock, renewal_sweep_s=0.2)
+    try:
+        c = await customer(gw)
+        billing_key = f"gw:{{acct:{c.account_id}}}:billing"
+        assert await gw.gw.client.llen(billing_key) == 1
+        await asyncio.sleep(2.6)  # nothing touches the account; only the sweeper runs
+        assert await gw.gw.client.llen(billing_key) == 2
+        raw = await gw.gw.client.hget(f"gw:{{acct:{c.account_id}}}:account", "cycle_start")
+        assert raw == str(1773568800000)  # 2026-03-15T10:00:00Z
+    finally:
+        await gw.close()
