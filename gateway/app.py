@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,15 +39,18 @@ def build_gateway(
     client: Any = None,
     clock: Clock = system_clock,
     metrics: Metrics | None = None,
+    prepare_catalog: Callable[[Catalog], Catalog] | None = None,
 ) -> Gateway:
     """Wire the dependencies; nothing is opened until the public app starts."""
     metrics = metrics or Metrics()
     client = client if client is not None else connect(settings)
     ledger = Ledger(client, metrics, settings.redis_timeout_s)
     accounts = Accounts(client)
+    prepare = prepare_catalog or (lambda c: c)
+    metrics.config_last_reload.set(clock().timestamp())
     return Gateway(
         settings=settings,
-        catalog=LiveCatalog(catalog),
+        catalog=LiveCatalog(prepare(catalog)),
         client=client,
         metrics=metrics,
         clock=clock,
@@ -57,6 +60,7 @@ def build_gateway(
         inflight=InFlight(metrics),
         billing=Billing(accounts),
         pricebooks=PriceBooks(accounts, ledger),
+        prepare_catalog=prepare,
     )
 
 
@@ -129,9 +133,16 @@ async def sweep_renewals_forever(gw: Gateway) -> None:
 async def serving(
     gw: Gateway, *, host: str, port: int, admin_host: str, admin_port: int
 ) -> AsyncIterator[tuple[int, int]]:
-    """Run both listeners; yields the bound (public, admin) ports (useful with port 0)."""
+    """Run both listeners; yields the bound (public, admin) ports (useful with port 0).
+
+    On exit it drains (SPEC section 1): stop accepting, let in-flight requests finish for
+    `limits.shutdown_grace_s`, cancel the rest (released, not charged), then close."""
     public, admin_app = create_apps(gw)
-    runners = [web.AppRunner(public, access_log=None), web.AppRunner(admin_app, access_log=None)]
+    grace = float(gw.catalog.current.catalog.limits.shutdown_grace_s)
+    runners = [
+        web.AppRunner(public, access_log=None, shutdown_timeout=grace),
+        web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0),
+    ]
     ports: list[int] = []
     try:
         for runner, (h, p) in zip(runners, ((host, port), (admin_host, admin_port)), strict=True):
@@ -141,5 +152,12 @@ async def serving(
             ports.append(int(runner.addresses[0][1]))
         yield ports[0], ports[1]
     finally:
+        for listening in list(runners[0].sites):
+            await listening.stop()
+        cancelled = await gw.inflight.drain(
+            float(gw.catalog.current.catalog.limits.shutdown_grace_s)
+        )
+        if cancelled:
+            log.warning("shutdown grace ran out: %d requests released uncharged", cancelled)
         for runner in reversed(runners):
             await runner.cleanup()

@@ -17,9 +17,12 @@ from pydantic import SecretStr, ValidationError
 from gateway.app import build_gateway, serving
 from gateway.catalog.load import load_catalog
 from gateway.catalog.models import Catalog
+from gateway.context import Gateway
 from gateway.errors import CatalogInvalid
 from gateway.logs import configure
+from gateway.reload import reload_catalog
 from gateway.settings import Settings
+from gateway.supervisor import Supervisor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CatalogInvalid as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
+    if args.command == "serve" and settings.workers > 1:
+        return Supervisor(_worker_argv(argv), settings.workers).run()
     _install_uvloop()
     runner = serve if args.command == "serve" else demo
     with contextlib.suppress(KeyboardInterrupt):
@@ -70,7 +75,7 @@ async def serve(settings: Settings, catalog: Catalog) -> None:
         admin_host=settings.admin_host,
         admin_port=settings.admin_port,
     ):
-        await _until_signalled()
+        await _until_stopped(gw)
 
 
 async def demo(settings: Settings, catalog: Catalog) -> None:
@@ -81,17 +86,16 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
     await upstream.setup()
     await web.TCPSite(upstream, "127.0.0.1", 0).start()
     upstream_url = f"http://127.0.0.1:{upstream.addresses[0][1]}"
-    catalog = catalog.model_copy(
-        update={
-            "upstreams": {
-                name: u.model_copy(update={"url": upstream_url})
-                for name, u in catalog.upstreams.items()
-            }
+
+    def to_demo_upstream(loaded: Catalog) -> Catalog:
+        upstreams = {
+            name: u.model_copy(update={"url": upstream_url}) for name, u in loaded.upstreams.items()
         }
-    )
+        return loaded.model_copy(update={"upstreams": upstreams})
+
     token = settings.admin_token or SecretStr(secrets.token_urlsafe(24))
     settings = settings.model_copy(update={"redis_url": "memory://", "admin_token": token})
-    gw = build_gateway(settings, catalog)
+    gw = build_gateway(settings, catalog, prepare_catalog=to_demo_upstream)
     try:
         async with serving(
             gw,
@@ -100,11 +104,12 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
             admin_host=settings.admin_host,
             admin_port=settings.admin_port,
         ) as (port, admin_port):
-            plan = min(catalog.plans, key=lambda name: catalog.plans[name].price_cents)
+            plans = gw.catalog.current.catalog.plans
+            plan = min(plans, key=lambda name: plans[name].price_cents)
             record = await gw.accounts.create_public(
                 name="Demo customer",
                 plan_name=plan,
-                plan=catalog.plans[plan],
+                plan=plans[plan],
                 anchor=gw.clock(),
                 now=gw.clock(),
             )
@@ -125,17 +130,25 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
                 "Press Ctrl-C to stop.",
                 flush=True,
             )
-            await _until_signalled()
+            await _until_stopped(gw)
     finally:
         await upstream.cleanup()
 
 
-async def _until_signalled() -> None:
+async def _until_stopped(gw: Gateway) -> None:
+    """Serve until SIGINT or SIGTERM; SIGHUP reloads the catalog."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_quietly, gw)
     await stop.wait()
+
+
+def _reload_quietly(gw: Gateway) -> None:
+    # A bad file is logged and counted by reload_catalog; the old catalog stays.
+    with contextlib.suppress(CatalogInvalid):
+        reload_catalog(gw)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -151,6 +164,24 @@ def _settings(args: argparse.Namespace) -> Settings:
         if value is not None
     }
     return Settings(**overrides)
+
+
+def _worker_argv(argv: Sequence[str] | None) -> list[str]:
+    """The parent's own arguments minus --workers: each worker serves alone."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return out
 
 
 def _install_uvloop() -> None:

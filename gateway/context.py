@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.catalog.live import LiveCatalog
+from gateway.catalog.models import Catalog
 from gateway.clock import Clock, to_ms
 from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
@@ -35,6 +37,8 @@ class Gateway:
     inflight: InFlight
     billing: Billing
     pricebooks: PriceBooks
+    # Applied to every catalog loaded from disk (the demo points upstreams at itself).
+    prepare_catalog: Callable[[Catalog], Catalog] = field(default=lambda catalog: catalog)
     http: aiohttp.ClientSession = field(init=False)
 
     def now_ms(self) -> int:

@@ -134,6 +134,11 @@ class Conflict(GatewayError):
     default_message = "Conflict"
 
 
+class ConfigRejected(GatewayError):
+    status, code, outcome = 422, "CONFIG_INVALID", "rejected_input"
+    default_message = "The catalog is invalid; the previous catalog stays in force"
+
+
 class StoreError(Exception):
     """The store could not be reached or answered nonsense; mapped to ServiceUnavailable."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api import operations
 from gateway.api.schemas import (
@@ -18,7 +18,9 @@ from gateway.api.schemas import (
 from gateway.billing.contract import Contract
 from gateway.clock import iso
 from gateway.context import GATEWAY, Gateway
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import CatalogInvalid, ConfigRejected, NotFound, ValidationFailed
+from gateway.metrics import exposition
+from gateway.reload import reload_catalog, tell_siblings
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord
 
@@ -45,8 +47,19 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[GATEWAY].metrics.registry)
+    body = exposition(request.app[GATEWAY].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.post("/admin/reload")
+async def reload(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        snapshot = reload_catalog(gw)
+    except CatalogInvalid as exc:
+        raise ConfigRejected(details={"problems": exc.problems}) from exc
+    tell_siblings()
+    return web.json_response({"version": snapshot.version})
 
 
 @routes.post("/admin/accounts")

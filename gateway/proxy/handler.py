@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -72,6 +73,11 @@ async def proxy(request: web.Request) -> web.Response:
             reply = await send
         except GatewayError as exc:
             await _settle(gw, request, who, charge=False, status=exc.status, started=started)
+            raise
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: release the slot and the hold, charge nothing.
+            await _settle(gw, request, who, charge=False, status=499, started=started)
+            request[OUTCOME] = "client_canceled"
             raise
         settled = await _settle(
             gw,

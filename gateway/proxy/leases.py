@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from gateway.clock import Clock, to_ms
 from gateway.errors import StoreError
@@ -16,27 +18,44 @@ log = logging.getLogger(__name__)
 
 
 class InFlight:
-    """Requests of this process that hold a lease, by request id."""
+    """Requests of this process that hold a lease, by request id, with the task serving each."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self._leases: dict[str, Identity] = {}
+        self._leases: dict[str, tuple[Identity, asyncio.Task[Any] | None]] = {}
         self._gauge = metrics.inflight
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @contextmanager
     def holding(self, who: Identity, request_id: str) -> Iterator[None]:
-        self._leases[request_id] = who
+        self._leases[request_id] = (who, asyncio.current_task())
+        self._idle.clear()
         self._gauge.inc()
         try:
             yield
         finally:
             del self._leases[request_id]
             self._gauge.dec()
+            if not self._leases:
+                self._idle.set()
 
     def __len__(self) -> int:
         return len(self._leases)
 
     def snapshot(self) -> list[tuple[Identity, str]]:
-        return [(who, request_id) for request_id, who in self._leases.items()]
+        return [(who, request_id) for request_id, (who, _) in self._leases.items()]
+
+    async def drain(self, grace_s: float) -> int:
+        """Let in-flight requests finish for up to `grace_s`, then cancel the rest (their
+        handlers release the lease uncharged). Returns how many were cancelled."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        left = [task for _, task in self._leases.values() if task is not None]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=5)
+        return len(left)
 
 
 async def renew_forever(
