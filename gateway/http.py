@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, WHO
+from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, UPSTREAM_SECONDS, WHO
 from gateway.errors import (
     AdminDisabled,
     GatewayError,
@@ -70,11 +70,17 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     response.headers["X-Latency-Ms"] = str(int(seconds * 1000))
     route = request.get(ROUTE, "unmatched")
-    metrics = request.app[GATEWAY].metrics
-    metrics.requests.labels(route, str(response.status), outcome).inc()
-    metrics.request_duration.labels(route).observe(seconds)
+    gw = request.app[GATEWAY]
+    who: Identity | None = request.get(WHO)
+    credits = int(response.headers.get("X-Credits-Charged", 0))
+    gw.metrics.requests.labels(route, str(response.status), outcome).inc()
+    gw.metrics.request_duration.labels(route).observe(seconds)
+    if who is not None and gw.catalog.current.catalog.metrics.per_org:
+        gw.metrics.org_requests.labels(who.org_id, outcome).inc()
+        if credits and outcome == "charged":
+            gw.metrics.org_credits_charged.labels(who.org_id).inc(credits)
     if access_log.isEnabledFor(logging.INFO):
-        who: Identity | None = request.get(WHO)
+        upstream_seconds = request.get(UPSTREAM_SECONDS)
         access_log.info(
             "%s %s %s",
             request.method,
@@ -87,8 +93,11 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
                 "route": route,
                 "status": response.status,
                 "outcome": outcome,
-                "credits": int(response.headers.get("X-Credits-Charged", 0)),
+                "credits": credits,
                 "latency_ms": round(seconds * 1000, 1),
+                "upstream_ms": None
+                if upstream_seconds is None
+                else round(upstream_seconds * 1000, 1),
             },
         )
     return response

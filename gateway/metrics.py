@@ -88,6 +88,19 @@ class Metrics:
             "Settlements waiting to reach the store",
             registry=r,
         )
+        # Only counted when the catalog says metrics.per_org: true (one series per org).
+        self.org_requests = Counter(
+            "gateway_org_requests_total",
+            "Requests by organization and outcome",
+            ["org", "outcome"],
+            registry=r,
+        )
+        self.org_credits_charged = Counter(
+            "gateway_org_credits_charged_total",
+            "Credits charged by organization",
+            ["org"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "gateway_config_reloads_total",
             "Catalog reloads by result",

@@ -77,7 +77,10 @@ class Supervisor:
         worst = 0
         for process in self._workers.values():
             code = process.wait()
-            worst = max(worst, abs(code))
+            # A worker still importing when told to stop dies of the signal itself: it had
+            # accepted nothing, so that is a clean stop too.
+            if code != -signal.SIGTERM:
+                worst = max(worst, abs(code))
         return worst
 
 

@@ -9,7 +9,16 @@ import time
 from aiohttp import web
 
 from gateway.catalog.models import Route
-from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, WHO, Gateway
+from gateway.context import (
+    GATEWAY,
+    OUTCOME,
+    REQUEST_ID,
+    ROUTE,
+    TRACKING,
+    UPSTREAM_SECONDS,
+    WHO,
+    Gateway,
+)
 from gateway.errors import (
     ConcurrentLimitExceeded,
     GatewayError,
@@ -64,6 +73,7 @@ async def proxy(request: web.Request) -> web.Response:
     )
     if price is None:
         reply = await send
+        request[UPSTREAM_SECONDS] = reply.seconds
         request[OUTCOME] = "free" if _success(reply) else "upstream_error"
         return _respond(reply, tracking)
 
@@ -89,6 +99,7 @@ async def proxy(request: web.Request) -> web.Response:
             price=price,
         )
     gw.metrics.upstream_duration.labels(route.name).observe(reply.seconds)
+    request[UPSTREAM_SECONDS] = reply.seconds
     tracking.update(_credit_headers(settled.charged, settled.credits_remaining))
     request[OUTCOME] = (
         "upstream_error" if not _success(reply) else "charged" if settled.charged else "free"
