@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.api import account, admin
 from gateway.catalog.live import LiveCatalog
@@ -26,7 +27,7 @@ from gateway.proxy.upstream import new_session
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
-from gateway.store.connect import connect
+from gateway.store.connect import connect, is_cluster
 from gateway.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,13 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store_client(app: web.Application) -> AsyncIterator[None]:
-    yield
     gw = app[GATEWAY]
+    if is_cluster(gw.client):
+        # Learn the slot map before the first burst: redis-py replaces its startup node
+        # objects on first use, and commands racing that replacement fail.
+        with contextlib.suppress(RedisClusterException, RedisError, OSError):
+            await gw.client.initialize()
+    yield
     await gw.ledger.batcher.aclose()
     await gw.client.aclose()
 

@@ -190,7 +190,7 @@ class Accounts:
             "version": 0,
             "pv": 0,
             "pending_plan": "",
-            f"org:{org_id}": json.dumps({"name": name}),
+            f"org:{org_id}": org_json(name, now),
             f"org:{org_id}:limit": concurrency,
             **fields,
         }

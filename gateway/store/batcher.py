@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from gateway.store.scripts import Script
 
@@ -14,16 +14,25 @@ _Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    """Queues script calls and flushes them as one non-transactional pipeline per loop tick."""
+    """Queues script calls and flushes them as one non-transactional pipeline per loop tick.
 
-    def __init__(self, client: Any, timeout_s: float, max_batch: int = 256) -> None:
+    redis-py refuses EVALSHA inside a Cluster pipeline, so on a Cluster each call goes out on
+    its own (still one round trip per call, routed by its keys' slot)."""
+
+    def __init__(
+        self, client: Any, timeout_s: float, *, pipelined: bool = True, max_batch: int = 256
+    ) -> None:
         self._client = client
         self._timeout_s = timeout_s
+        self._pipelined = pipelined
         self._max_batch = max_batch
         self._pending: list[_Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        if not self._pipelined:
+            async with asyncio.timeout(self._timeout_s):
+                return await script.run(self._client, keys, args)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
@@ -51,7 +60,7 @@ class ScriptBatcher:
                         # A restarted server lost its script cache: EVAL sends the body once.
                         reply = await self._client.eval(script.body, len(keys), *keys, *args)
                     _resolve(future, reply)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(exc)

@@ -16,6 +16,10 @@ from gateway.settings import Settings
 _CONNECT_TIMEOUT_S = 0.5
 
 
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def connect(settings: Settings) -> Any:
     """A redis.asyncio-compatible client with decoded responses."""
     url = settings.redis_url

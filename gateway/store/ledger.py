@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.errors import StoreError
 from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.batcher import ScriptBatcher
+from gateway.store.connect import is_cluster
 from gateway.store.scripts import ADMIT, SETTLE
 
 T = TypeVar("T")
@@ -64,7 +65,7 @@ class Ledger:
             op: metrics.store_duration.labels(op) for op in ("lookup", "admit", "settle", "renew")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
-        self.batcher = ScriptBatcher(client, timeout_s)
+        self.batcher = ScriptBatcher(client, timeout_s, pipelined=not is_cluster(client))
 
     async def call(self, op: str, awaitable: Awaitable[T], *, deadline: bool = True) -> T:
         """Run one store operation under the deadline; failures become StoreError.
@@ -77,7 +78,7 @@ class Ledger:
                     result = await awaitable
             else:
                 result = await awaitable
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self._errors[op].inc()
             raise StoreError(f"{op}: {type(exc).__name__}: {exc}") from exc
         self._durations[op].observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from gateway.catalog.models import Plan
@@ -43,11 +44,14 @@ TTL_MS = 30_000
 # --------------------------------------------------------------------------- backends
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "cluster", "memory"])
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if request.param == "redis":
         redis_url: str = request.getfixturevalue("redis_url")
         conn: Any = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    elif request.param == "cluster":
+        cluster_url: str = request.getfixturevalue("redis_cluster_url")
+        conn = RedisCluster.from_url(cluster_url, decode_responses=True)
     else:
         conn = fakeredis.FakeAsyncRedis(decode_responses=True)
     try:
@@ -555,12 +559,19 @@ async def lookup_key_finds_created_keys(client: Any) -> None:
     assert await w.ledger.lookup_key(hash_key("sk_live_" + "0" * 32)) is None
     assert await w.ledger.lookup_key("0" * 64) is None
     # Only the hash is stored, never the plaintext.
-    stored = [await client.get(k) for k in await client.keys("gw:apikey:*")]
+    stored = [await client.get(k) for k in await all_keys(client, "gw:apikey:*")]
     assert stored == [f"{w.account.id}|{w.who.org_id}|{w.key.id}"]
-    assert await client.keys("*" + w.plaintext + "*") == []
+    assert await all_keys(client, "*" + w.plaintext + "*") == []
     meta = json.loads(await w.field(f"keymeta:{w.key.id}") or "{}")
     assert meta["prefix"] == w.plaintext[:12]
     assert w.plaintext not in json.dumps(meta)
+
+
+async def all_keys(client: Any, pattern: str) -> list[str]:
+    """KEYS over the whole keyspace: a Cluster answers KEYS per node."""
+    if isinstance(client, RedisCluster):
+        return list(await client.keys(pattern, target_nodes=RedisCluster.PRIMARIES))
+    return list(await client.keys(pattern))
 
 
 def hash_tag(key: str) -> str:
@@ -601,7 +612,7 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.ACCOUNTS,
         keys.CYCLE_ENDS,
     }
-    written = set(await client.keys("*")) - index
+    written = set(await all_keys(client, "*")) - index
     assert written == {
         keys.account(a),
         keys.leases(a, org),

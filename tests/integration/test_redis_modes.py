@@ -1,0 +1,66 @@
+"""The whole gateway on a real Redis Cluster and on a Sentinel-managed primary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from tests.support.harness import catalog_for, start_gateway
+from tests.support.redis_sentinel import MASTER, RedisSentinel
+from tests.support.upstream import RecordingUpstream
+
+
+async def test_burst_and_billing_on_a_cluster(
+    redis_cluster_url: str, upstream: RecordingUpstream
+) -> None:
+    catalog = catalog_for(upstream.url)
+    a = await start_gateway(redis_cluster_url, catalog, redis_mode="cluster")
+    b = await start_gateway(redis_cluster_url, catalog, redis_mode="cluster")
+    try:
+        customers = [await a.new_customer("five") for _ in range(3)]  # spread over slots
+        calls = [
+            (a if i % 2 else b).call("POST", "/v1/monitor/flat?sleep=0.3", c.key)
+            for c in customers
+            for i in range(12)
+        ]
+        results = await asyncio.gather(*calls)
+        assert set(Counter(status for status, _, _ in results)) <= {200, 429}
+        for c in customers:
+            assert upstream.max_in_flight[c.org_id] == 5
+            _, _, account = await a.call("GET", "/v1/account", c.key)
+            served = sum(
+                1 for seen in upstream.requests if seen.headers["X-Gateway-Org"] == c.org_id
+            )
+            assert account["credits"]["used"] == 10 * served
+        status, _, change = await b.call(
+            "POST", "/v1/account/subscription", customers[0].key, json={"plan": "hobby"}
+        )
+        assert status == 200 and change["change"] == "upgrade"
+        _, _, history = await a.call("GET", "/v1/account/billing", customers[0].key)
+        assert [e["type"] for e in history["entries"]] == ["upgrade", "subscribe"]
+        async with a.http.get(a.admin + "/readyz") as reply:
+            assert reply.status == 200
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_sentinel_managed_primary_serves_requests(upstream: RecordingUpstream) -> None:
+    sentinel = RedisSentinel().start()
+    try:
+        gw = await start_gateway(
+            sentinel.url,
+            catalog_for(upstream.url),
+            redis_mode="sentinel",
+            redis_sentinel_master=MASTER,
+        )
+        try:
+            c = await gw.new_customer()
+            status, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+            assert status == 200 and headers["X-Credits-Remaining"] == "37490"
+            async with gw.http.get(gw.admin + "/readyz") as reply:
+                assert reply.status == 200
+        finally:
+            await gw.close()
+    finally:
+        sentinel.stop()
