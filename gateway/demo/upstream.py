@@ -51,3 +51,18 @@ def create_upstream_app() -> web.Application:
     app = web.Application()
     app.add_routes(routes)
     return app
+
+
+def main() -> None:
+    """`python -m gateway.demo.upstream --port 9000`: the demo upstream on its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    web.run_app(create_upstream_app(), host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
