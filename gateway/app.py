@@ -28,9 +28,14 @@ from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
 from gateway.store.connect import connect, is_cluster
-from gateway.store.ledger import Ledger
+from gateway.store.ledger import Identity, Ledger
+from gateway.store.spool import Spool
 
 log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 8190  # the request line, so the URL too
+MAX_FIELD_BYTES = 8190  # one header
+MAX_HEADERS = 64
 
 
 def build_gateway(
@@ -61,6 +66,7 @@ def build_gateway(
         inflight=InFlight(metrics),
         billing=Billing(accounts),
         pricebooks=PriceBooks(accounts, ledger),
+        spool=Spool(settings.spool_dir, metrics),
         prepare_catalog=prepare,
     )
 
@@ -135,6 +141,49 @@ async def sweep_renewals_forever(gw: Gateway) -> None:
             log.warning("renewal sweep stopped early: %s", exc)
 
 
+async def _spool_replayer(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    task = asyncio.create_task(replay_spool_forever(gw))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await replay_spool(gw)  # a last try, so a clean stop leaves nothing behind if it can
+    gw.spool.close()
+
+
+async def replay_spool_forever(gw: Gateway, interval_s: float = 0.5) -> None:
+    """Replay spooled settlements until they land; adopt dead processes' spools now and then."""
+    rounds = 0
+    while True:
+        if rounds % 60 == 0:
+            gw.spool.adopt_orphans()
+        rounds += 1
+        await replay_spool(gw)
+        await asyncio.sleep(interval_s)
+
+
+async def replay_spool(gw: Gateway) -> None:
+    for entry in gw.spool.pending():
+        who = Identity(entry["account_id"], entry["org_id"], entry["key_id"])
+        order = {
+            k: entry[k] for k in ("request_id", "now_ms", "charge", "route", "status", "latency_ms")
+        }
+        try:
+            settled = await gw.ledger.settle(who, **order)
+        except StoreError:
+            return  # still down: try again next round
+        gw.spool.landed(entry["request_id"])
+        log.info(
+            "spooled settlement landed",
+            extra={
+                "request_id": entry["request_id"],
+                "applied": settled.applied,
+                "charged": settled.charged,
+            },
+        )
+
+
 @contextlib.asynccontextmanager
 async def serving(
     gw: Gateway, *, host: str, port: int, admin_host: str, admin_port: int
@@ -146,7 +195,17 @@ async def serving(
     public, admin_app = create_apps(gw)
     grace = float(gw.catalog.current.catalog.limits.shutdown_grace_s)
     runners = [
-        web.AppRunner(public, access_log=None, shutdown_timeout=grace),
+        web.AppRunner(
+            public,
+            access_log=None,
+            shutdown_timeout=grace,
+            # A client that hangs up cancels its handler, which frees its slot at once.
+            handler_cancellation=True,
+            # Request line (URL) and header limits; beyond them aiohttp answers 400 itself.
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_FIELD_BYTES,
+            max_headers=MAX_HEADERS,
+        ),
         web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0),
     ]
     ports: list[int] = []
@@ -158,6 +217,7 @@ async def serving(
             ports.append(int(runner.addresses[0][1]))
         yield ports[0], ports[1]
     finally:
+        gw.draining = True
         for listening in list(runners[0].sites):
             await listening.stop()
         cancelled = await gw.inflight.drain(

@@ -20,6 +20,7 @@ from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
 from gateway.store.ledger import Identity, Ledger
+from gateway.store.spool import Spool
 
 
 @dataclass
@@ -37,9 +38,12 @@ class Gateway:
     inflight: InFlight
     billing: Billing
     pricebooks: PriceBooks
+    spool: Spool
     # Applied to every catalog loaded from disk (the demo points upstreams at itself).
     prepare_catalog: Callable[[Catalog], Catalog] = field(default=lambda catalog: catalog)
     http: aiohttp.ClientSession = field(init=False)
+    # Set when shutdown starts: requests cancelled from then on are released, never charged.
+    draining: bool = field(default=False, init=False)
 
     def now_ms(self) -> int:
         return to_ms(self.clock())
@@ -54,3 +58,4 @@ WHO = web.RequestKey("who", Identity)
 OUTCOME = web.RequestKey("outcome", str)
 TRACKING = web.RequestKey("tracking", dict)
 UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
+CHARGED = web.RequestKey("charged", int)

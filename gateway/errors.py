@@ -134,6 +134,11 @@ class Conflict(GatewayError):
     default_message = "Conflict"
 
 
+class IdempotencyConflict(GatewayError):
+    status, code, outcome = 409, "RESOURCE_ALREADY_EXISTS", "rejected_input"
+    default_message = "This Idempotency-Key is in use"
+
+
 class ConfigRejected(GatewayError):
     status, code, outcome = 422, "CONFIG_INVALID", "rejected_input"
     default_message = "The catalog is invalid; the previous catalog stays in force"
@@ -141,6 +146,10 @@ class ConfigRejected(GatewayError):
 
 class StoreError(Exception):
     """The store could not be reached or answered nonsense; mapped to ServiceUnavailable."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class CatalogInvalid(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -10,7 +11,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.context import GATEWAY, OUTCOME, REQUEST_ID, ROUTE, TRACKING, UPSTREAM_SECONDS, WHO
+from gateway.context import (
+    CHARGED,
+    GATEWAY,
+    OUTCOME,
+    REQUEST_ID,
+    ROUTE,
+    TRACKING,
+    UPSTREAM_SECONDS,
+    WHO,
+)
 from gateway.errors import (
     AdminDisabled,
     GatewayError,
@@ -34,7 +44,7 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, StoreError):
-        return ServiceUnavailable()
+        return ServiceUnavailable(retry_after_s=exc.retry_after_s)
     if isinstance(exc, web.HTTPException):
         if exc.status == 404:
             return NotFound()
@@ -61,23 +71,41 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
         outcome = request.get(OUTCOME, "free")
+    except asyncio.CancelledError:
+        # The client hung up (or shutdown ran out of grace): no response to write, but the
+        # request still counts, as 499 like nginx logs it.
+        _record(
+            request, 499, request.get(OUTCOME, "client_canceled"), started, request.get(CHARGED, 0)
+        )
+        raise
     except Exception as exc:
         err = as_gateway_error(exc)
         response = error_response(request, err)
         response.headers.update(request.get(TRACKING, {}))
         outcome = err.outcome
-    seconds = time.perf_counter() - started
+    seconds = _record(
+        request,
+        response.status,
+        outcome,
+        started,
+        int(response.headers.get("X-Credits-Charged", 0)),
+    )
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     response.headers["X-Latency-Ms"] = str(int(seconds * 1000))
+    return response
+
+
+def _record(request: web.Request, status: int, outcome: str, started: float, credits: int) -> float:
+    """Count the request and write its access line; returns its latency in seconds."""
+    seconds = time.perf_counter() - started
     route = request.get(ROUTE, "unmatched")
     gw = request.app[GATEWAY]
     who: Identity | None = request.get(WHO)
-    credits = int(response.headers.get("X-Credits-Charged", 0))
-    gw.metrics.requests.labels(route, str(response.status), outcome).inc()
+    gw.metrics.requests.labels(route, str(status), outcome).inc()
     gw.metrics.request_duration.labels(route).observe(seconds)
     if who is not None and gw.catalog.current.catalog.metrics.per_org:
         gw.metrics.org_requests.labels(who.org_id, outcome).inc()
-        if credits and outcome == "charged":
+        if credits:
             gw.metrics.org_credits_charged.labels(who.org_id).inc(credits)
     if access_log.isEnabledFor(logging.INFO):
         upstream_seconds = request.get(UPSTREAM_SECONDS)
@@ -85,13 +113,13 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
             "%s %s %s",
             request.method,
             route,
-            response.status,
+            status,
             extra={
                 "request_id": request[REQUEST_ID],
                 "account": who.account_id if who else None,
                 "org": who.org_id if who else None,
                 "route": route,
-                "status": response.status,
+                "status": status,
                 "outcome": outcome,
                 "credits": credits,
                 "latency_ms": round(seconds * 1000, 1),
@@ -100,7 +128,7 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
                 else round(upstream_seconds * 1000, 1),
             },
         )
-    return response
+    return seconds
 
 
 @web.middleware

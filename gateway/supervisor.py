@@ -52,6 +52,8 @@ class Supervisor:
         process = subprocess.Popen([sys.executable, "-m", "gateway", *self._argv], env=self._env)
         self._workers[process.pid] = process
         log.info("worker started", extra={"pid": process.pid})
+        if self._stopping:  # SIGTERM came while this one was being started
+            process.send_signal(signal.SIGTERM)
 
     def _replace_dead(self) -> None:
         for pid, process in list(self._workers.items()):
@@ -65,12 +67,12 @@ class Supervisor:
             self._spawn()
 
     def _relay(self, signum: int, frame: FrameType | None) -> None:
-        for process in self._workers.values():
+        for process in list(self._workers.values()):
             process.send_signal(signum)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
-        for process in self._workers.values():
+        for process in list(self._workers.values()):
             process.send_signal(signal.SIGTERM)
 
     def _wait_all(self) -> int:

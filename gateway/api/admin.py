@@ -18,7 +18,13 @@ from gateway.api.schemas import (
 from gateway.billing.contract import Contract
 from gateway.clock import iso
 from gateway.context import GATEWAY, Gateway
-from gateway.errors import CatalogInvalid, ConfigRejected, NotFound, ValidationFailed
+from gateway.errors import (
+    CatalogInvalid,
+    ConfigRejected,
+    NotFound,
+    StoreError,
+    ValidationFailed,
+)
 from gateway.metrics import exposition
 from gateway.reload import reload_catalog, tell_siblings
 from gateway.store import keys
@@ -34,15 +40,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store answers and a catalog is loaded (SPEC section 8)."""
     gw = request.app[GATEWAY]
+    state = {
+        "catalog": gw.catalog.current.version,
+        "settlements_pending": len(gw.spool),
+        "breaker": "open" if gw.ledger.breaker.is_open else "closed",
+    }
     try:
         await gw.ledger.call("lookup", gw.client.ping())
-    except Exception as exc:
-        return web.json_response(
-            {"status": "unavailable", "store": str(exc), "catalog": gw.catalog.current.version},
-            status=503,
-        )
-    return web.json_response({"status": "ready", "catalog": gw.catalog.current.version})
+    except StoreError as exc:
+        return web.json_response({"status": "unavailable", "store": str(exc), **state}, status=503)
+    return web.json_response({"status": "ready", **state})
 
 
 @routes.get("/metrics")

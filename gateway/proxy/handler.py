@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import logging
+import math
 import time
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.catalog.models import Route
 from gateway.context import (
+    CHARGED,
     GATEWAY,
     OUTCOME,
     REQUEST_ID,
@@ -22,6 +28,7 @@ from gateway.context import (
 from gateway.errors import (
     ConcurrentLimitExceeded,
     GatewayError,
+    IdempotencyConflict,
     InsufficientCredits,
     InsufficientPermissions,
     InvalidApiKey,
@@ -29,10 +36,11 @@ from gateway.errors import (
     RateLimitExceeded,
     StoreError,
     SubscriptionInactive,
+    ValidationFailed,
 )
 from gateway.pricing import price_of, route_price
 from gateway.proxy.upstream import UpstreamReply, forward, request_headers
-from gateway.store.ledger import Admission, Identity, Settlement
+from gateway.store.ledger import Admission, Idempotency, Identity, Settlement, SettleOrder
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +57,14 @@ async def proxy(request: web.Request) -> web.Response:
     who = await gw.keys.authenticate(request.headers.get("Authorization"))
     request[WHO] = who
     request_id = request[REQUEST_ID]
-    admission, price = await _price_and_admit(gw, request, route, body, who, limits.lease_ttl_s)
+    upstream = snapshot.catalog.upstreams[route.upstream]
+    idempotency = _idempotency(request, body, upstream.timeout_s + limits.lease_ttl_s)
+    admission, price = await _price_and_admit(
+        gw, request, route, body, who, limits.lease_ttl_s, idempotency
+    )
     gw.metrics.leases_reclaimed.inc(admission.reclaimed)
+    if admission.code == "REPLAY" and idempotency is not None:
+        return await _replay(gw, request, who, idempotency)
     tracking = _rate_headers(admission)
     if price is not None:
         tracking.update(_concurrency_headers(admission))
@@ -59,7 +73,6 @@ async def proxy(request: web.Request) -> web.Response:
     if not admission.admitted:
         raise _refusal(admission, price)
 
-    upstream = snapshot.catalog.upstreams[route.upstream]
     outgoing = request_headers(
         request.headers, request_id=request_id, who=who, client_ip=request.remote
     )
@@ -82,12 +95,33 @@ async def proxy(request: web.Request) -> web.Response:
         try:
             reply = await send
         except GatewayError as exc:
-            await _settle(gw, request, who, charge=False, status=exc.status, started=started)
+            await _settle(
+                gw,
+                request,
+                who,
+                charge=False,
+                status=exc.status,
+                started=started,
+                idempotency=idempotency,
+            )
             raise
         except asyncio.CancelledError:
-            # Shutdown ran out of grace: release the slot and the hold, charge nothing.
-            await _settle(gw, request, who, charge=False, status=499, started=started)
+            # The client hung up after the upstream call was sent: free the slot at once and
+            # charge by policy. A drain that ran out of grace never charges.
+            charge = limits.charge_on_client_cancel and not gw.draining
+            settled = await _settle(
+                gw,
+                request,
+                who,
+                charge=charge,
+                status=499,
+                started=started,
+                price=price,
+                idempotency=idempotency,
+            )
             request[OUTCOME] = "client_canceled"
+            request[CHARGED] = settled.charged
+            gw.metrics.credits_charged.labels(route.name).inc(settled.charged)
             raise
         settled = await _settle(
             gw,
@@ -97,6 +131,11 @@ async def proxy(request: web.Request) -> web.Response:
             status=reply.status,
             started=started,
             price=price,
+            remaining=admission.credits_remaining,
+            idempotency=idempotency,
+            keep=_keepable(
+                reply, {**tracking, **_credit_headers(price, admission.credits_remaining)}
+            ),
         )
     gw.metrics.upstream_duration.labels(route.name).observe(reply.seconds)
     request[UPSTREAM_SECONDS] = reply.seconds
@@ -110,7 +149,13 @@ async def proxy(request: web.Request) -> web.Response:
 
 
 async def _price_and_admit(
-    gw: Gateway, request: web.Request, route: Route, body: bytes, who: Identity, lease_ttl_s: int
+    gw: Gateway,
+    request: web.Request,
+    route: Route,
+    body: bytes,
+    who: Identity,
+    lease_ttl_s: int,
+    idempotency: Idempotency | None,
 ) -> tuple[Admission, int | None]:
     """Price with the account's price book, then admit. The script may ask to renew the
     account first (its cycle ended) or to price again (its contract changed): then retry."""
@@ -126,6 +171,7 @@ async def _price_and_admit(
             price=price,
             enterprise_only=route.enterprise_only,
             pricing_version=version,
+            idempotency=idempotency,
         )
         if admission.code == "RENEW":
             await gw.billing.current(who.account_id, gw.catalog.current.catalog.plans, gw.clock())
@@ -145,21 +191,73 @@ async def _settle(
     status: int,
     started: float,
     price: int = 0,
+    remaining: int = 0,
+    idempotency: Idempotency | None = None,
+    keep: str = "-",
 ) -> Settlement:
+    """Settle once; if the store cannot be reached, spool the settlement to disk for replay.
+    `remaining` is the balance after this request's hold, as admission reported it; `keep` is
+    the response a retry with the same Idempotency-Key gets ("-": none, the key frees)."""
+    order: SettleOrder = {
+        "request_id": request[REQUEST_ID],
+        "now_ms": gw.now_ms(),
+        "charge": charge,
+        "route": request[ROUTE],
+        "status": status,
+        "latency_ms": int((time.perf_counter() - started) * 1000),
+        "idempotency_key": idempotency.key_hash if idempotency else "",
+        "response": keep if charge else "-",
+    }
     try:
-        return await gw.ledger.settle(
-            who,
-            request_id=request[REQUEST_ID],
-            now_ms=gw.now_ms(),
-            charge=charge,
-            route=request[ROUTE],
-            status=status,
-            latency_ms=int((time.perf_counter() - started) * 1000),
+        return await gw.ledger.settle(who, order)
+    except StoreError:
+        gw.spool.add(
+            {**order, "account_id": who.account_id, "org_id": who.org_id, "key_id": who.key_id}
         )
-    except StoreError as exc:
-        # The customer got their answer; the lease lapses by itself after its TTL.
-        log.error("settlement did not reach the store for %s: %s", request[REQUEST_ID], exc)
-        return Settlement(applied=False, charged=price if charge else 0, credits_remaining=0)
+        # The charge will land on replay; tell the customer what it will be.
+        return Settlement(
+            applied=False,
+            charged=price if charge else 0,
+            credits_remaining=remaining if charge else remaining + price,
+        )
+
+
+def _idempotency(request: web.Request, body: bytes, longest_s: float) -> Idempotency | None:
+    """The request's Idempotency-Key, hashed, with a hash of what the request asks."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255 or not key.isascii() or not key.isprintable():
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            details={"field": "Idempotency-Key"},
+        )
+    asked = hashlib.sha256(f"{request.method} {request.path_qs}\n".encode() + body).hexdigest()
+    return Idempotency(hashlib.sha256(key.encode()).hexdigest(), asked, math.ceil(longest_s))
+
+
+def _keepable(reply: UpstreamReply, headers: dict[str, str]) -> str:
+    """The response as a retry will get it: status, headers and body (base64)."""
+    kept = [[name, value] for name, value in reply.headers.items()]
+    kept += [[name, value] for name, value in headers.items()]
+    return json.dumps(
+        {"status": reply.status, "headers": kept, "body": base64.b64encode(reply.body).decode()}
+    )
+
+
+async def _replay(
+    gw: Gateway, request: web.Request, who: Identity, idempotency: Idempotency
+) -> web.Response:
+    """Serve the kept response of an earlier success: no upstream call, no charge."""
+    raw = await gw.ledger.stored_response(who, idempotency.key_hash)
+    if raw is None:  # expired between admit and now
+        raise IdempotencyConflict("The earlier request with this Idempotency-Key expired; retry")
+    kept = json.loads(raw)
+    headers: CIMultiDict[str] = CIMultiDict((name, value) for name, value in kept["headers"])
+    headers["Idempotent-Replayed"] = "true"
+    request[OUTCOME] = "free"
+    request[CHARGED] = 0
+    return web.Response(status=kept["status"], body=base64.b64decode(kept["body"]), headers=headers)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -225,6 +323,16 @@ def _refusal(admission: Admission, price: int | None) -> GatewayError:
         )
     if code == "SUBSCRIPTION_INACTIVE":
         return SubscriptionInactive()
+    if code == "IDEMPOTENCY_IN_FLIGHT":
+        return IdempotencyConflict(
+            "A request with this Idempotency-Key is still in flight",
+            details={"field": "Idempotency-Key"},
+        )
+    if code == "IDEMPOTENCY_MISMATCH":
+        return IdempotencyConflict(
+            "This Idempotency-Key was used for a different request",
+            details={"field": "Idempotency-Key"},
+        )
     if code == "INSUFFICIENT_PERMISSIONS":
         return InsufficientPermissions("This route is open to enterprise accounts only")
     return InvalidApiKey()

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -14,10 +14,19 @@ from gateway.errors import StoreError
 from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.batcher import ScriptBatcher
+from gateway.store.breaker import Breaker
 from gateway.store.connect import is_cluster
 from gateway.store.scripts import ADMIT, SETTLE
 
 T = TypeVar("T")
+
+
+def close_unawaited(awaitable: Awaitable[object]) -> None:
+    """Close a coroutine we decided not to run, so Python does not warn about it."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
+
 
 REQUEST_LOG_LENGTH = 1000
 USAGE_RETENTION_S = 400 * 86400
@@ -47,6 +56,32 @@ class Admission:
         return self.code == "OK"
 
 
+IDEMPOTENCY_TTL_S = 86400
+
+
+class SettleOrder(TypedDict):
+    """What settle needs to know of a finished request; JSON-safe, so it can be spooled."""
+
+    request_id: str
+    now_ms: int
+    charge: bool
+    route: str
+    status: int
+    latency_ms: int
+    # With an Idempotency-Key: its hash, and the response to keep ("-": drop the record).
+    idempotency_key: str
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A request's Idempotency-Key (hashed) and the hash of what it asks."""
+
+    key_hash: str
+    request_hash: str
+    in_flight_ttl_s: int
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     applied: bool
@@ -66,11 +101,17 @@ class Ledger:
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
         self.batcher = ScriptBatcher(client, timeout_s, pipelined=not is_cluster(client))
+        self.breaker = Breaker()
 
     async def call(self, op: str, awaitable: Awaitable[T], *, deadline: bool = True) -> T:
         """Run one store operation under the deadline; failures become StoreError.
 
-        deadline=False for batched script calls: their batch carries the deadline."""
+        deadline=False for batched script calls: their batch carries the deadline. While the
+        breaker is open the call fails at once, without touching Redis."""
+        if not self.breaker.allow():
+            close_unawaited(awaitable)
+            self._errors[op].inc()
+            raise StoreError(f"{op}: circuit open", retry_after_s=self.breaker.retry_after_s())
         started = time.perf_counter()
         try:
             if deadline:
@@ -79,8 +120,10 @@ class Ledger:
             else:
                 result = await awaitable
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            self.breaker.failed()
             self._errors[op].inc()
             raise StoreError(f"{op}: {type(exc).__name__}: {exc}") from exc
+        self.breaker.succeeded()
         self._durations[op].observe(time.perf_counter() - started)
         return result
 
@@ -101,14 +144,16 @@ class Ledger:
         price: int | None,
         enterprise_only: bool,
         pricing_version: str,
+        idempotency: Idempotency | None = None,
     ) -> Admission:
         """price None: an unmetered route (rate window only, no lease, no hold)."""
         a = who.account_id
+        idem_key = keys.idempotency(a, idempotency.key_hash if idempotency else "-")
         reply = await self.call(
             "admit",
             self.batcher.run(
                 ADMIT,
-                [keys.account(a), keys.leases(a, who.org_id), keys.holds(a)],
+                [keys.account(a), keys.leases(a, who.org_id), keys.holds(a), idem_key],
                 [
                     request_id,
                     who.org_id,
@@ -118,23 +163,15 @@ class Ledger:
                     -1 if price is None else price,
                     1 if enterprise_only else 0,
                     pricing_version,
+                    idempotency.request_hash if idempotency else "",
+                    idempotency.in_flight_ttl_s if idempotency else 0,
                 ],
             ),
             deadline=False,
         )
         return Admission(str(reply[0]), *(int(v) for v in reply[1:7]))
 
-    async def settle(
-        self,
-        who: Identity,
-        *,
-        request_id: str,
-        now_ms: int,
-        charge: bool,
-        route: str,
-        status: int,
-        latency_ms: int,
-    ) -> Settlement:
+    async def settle(self, who: Identity, order: SettleOrder) -> Settlement:
         a = who.account_id
         reply = await self.call(
             "settle",
@@ -145,24 +182,34 @@ class Ledger:
                     keys.leases(a, who.org_id),
                     keys.holds(a),
                     keys.request_log(a),
-                    keys.usage_hour(a, now_ms),
-                    keys.usage_day(a, now_ms),
+                    keys.usage_hour(a, order["now_ms"]),
+                    keys.usage_day(a, order["now_ms"]),
+                    keys.idempotency(a, order["idempotency_key"] or "-"),
                 ],
                 [
-                    request_id,
+                    order["request_id"],
                     who.org_id,
-                    now_ms,
-                    1 if charge else 0,
-                    route,
-                    status,
-                    latency_ms,
+                    order["now_ms"],
+                    1 if order["charge"] else 0,
+                    order["route"],
+                    order["status"],
+                    order["latency_ms"],
                     REQUEST_LOG_LENGTH,
                     USAGE_RETENTION_S,
+                    order["response"] if order["idempotency_key"] else "",
+                    IDEMPOTENCY_TTL_S,
                 ],
             ),
             deadline=False,
         )
         return Settlement(bool(int(reply[0])), int(reply[1]), int(reply[2]))
+
+    async def stored_response(self, who: Identity, key_hash: str) -> str | None:
+        """The response kept for an Idempotency-Key (one extra round trip, on retries only)."""
+        raw = await self.call(
+            "lookup", self.client.hget(keys.idempotency(who.account_id, key_hash), "response")
+        )
+        return None if raw is None else str(raw)
 
     async def renew(self, leases: Iterable[tuple[Identity, str]], expires_ms: int) -> None:
         """Push the expiry of in-flight leases forward, one pipelined ZADD XX per org."""

@@ -315,7 +315,13 @@ async def test_workers_are_replaced_and_drain_on_sigterm(
             reply = await slow
             assert reply.status == 200
             reply.release()
-        assert proc.wait() == 0
+        try:
+            code = proc.wait()
+        except subprocess.TimeoutExpired:
+            tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,cmd", "--ppid",
+                                   str(proc.process.pid)], capture_output=True, text=True).stdout
+            raise AssertionError(f"did not stop:\n{tree}\n{proc.log()[-3000:]}") from None
+        assert code == 0
     finally:
         proc.stop()
 

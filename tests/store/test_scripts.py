@@ -118,12 +118,16 @@ class World:
     ) -> Settlement:
         return await self.ledger.settle(
             self.who,
-            request_id=request_id,
-            now_ms=at,
-            charge=charge,
-            route=route,
-            status=status,
-            latency_ms=latency_ms,
+            {
+                "request_id": request_id,
+                "now_ms": at,
+                "charge": charge,
+                "route": route,
+                "status": status,
+                "latency_ms": latency_ms,
+                "idempotency_key": "",
+                "response": "",
+            },
         )
 
     async def field(self, name: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ async def start_gateway(
     **settings: Any,
 ) -> Running:
     stack = AsyncExitStack()
+    settings.setdefault("spool_dir", tempfile.mkdtemp(prefix="gw-spool-"))
     gw = build_gateway(
         Settings(
             redis_url=redis_url,

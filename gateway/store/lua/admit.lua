@@ -8,6 +8,8 @@
 -- KEYS[1] account hash   gw:{acct:<A>}:account
 -- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>   zset, member = request id, score = expiry (ms)
 -- KEYS[3] holds          gw:{acct:<A>}:holds        hash, request id -> "<credits>:<cycle start ms>"
+-- KEYS[4] idempotency    gw:{acct:<A>}:idem:<sha256 of the client's Idempotency-Key>
+--                        hash {state: inflight|done, hash, request, response}; unused without a key
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] key id (must still be active on the account: revocation is immediate)
@@ -16,12 +18,18 @@
 -- ARGV[6] price in credits (integer >= 0), or -1 for an unmetered route: no lease, no hold
 -- ARGV[7] "1" when the route is enterprise-only
 -- ARGV[8] the account's pricing version the price was computed with
+-- ARGV[9] hash of the request (method, path, body) when it carries an Idempotency-Key, else ""
+-- ARGV[10] how long an in-flight idempotency record lives, seconds (the request's longest
+--          possible life: if its process dies, the key frees itself after this)
 --
 -- Returns {code, rps_limit, rps_remaining, conc_limit, conc_current, credits_remaining, reclaimed}
 --   code: "OK" | "INVALID_API_KEY" | "SUBSCRIPTION_INACTIVE" | "INSUFFICIENT_PERMISSIONS"
 --         | "RATE_LIMIT_EXCEEDED" | "CONCURRENT_LIMIT_EXCEEDED" | "INSUFFICIENT_CREDITS"
 --         | "RENEW"   the cycle has ended: renew the account, then admit again
 --         | "REPRICE" the account's prices changed (contract): price again, then admit again
+--         | "REPLAY"  the same Idempotency-Key and request succeeded before: serve its response
+--         | "IDEMPOTENCY_IN_FLIGHT" | "IDEMPOTENCY_MISMATCH"  the key is busy / used for another
+--           request
 --   conc_current counts this request when admitted; credits_remaining is after the hold
 --   (allocation - used - held, negative for an enterprise account in overage).
 
@@ -52,6 +60,21 @@ if (f[14] or '0') ~= ARGV[8] then
 end
 if ARGV[7] == '1' and f[2] ~= 'enterprise' then
   return {'INSUFFICIENT_PERMISSIONS', rps, rps, limit, 0, remaining, 0}
+end
+
+-- A retried request with an Idempotency-Key: decided before it costs rate, a slot or credits.
+local idempotent = ARGV[9] ~= ''
+if idempotent then
+  local record = redis.call('HMGET', KEYS[4], 'state', 'hash')
+  if record[1] then
+    if record[2] ~= ARGV[9] then
+      return {'IDEMPOTENCY_MISMATCH', rps, rps, limit, 0, remaining, 0}
+    end
+    if record[1] ~= 'done' then
+      return {'IDEMPOTENCY_IN_FLIGHT', rps, rps, limit, 0, remaining, 0}
+    end
+    return {'REPLAY', rps, rps, limit, 0, remaining, 0}
+  end
 end
 
 -- 1. Leases not renewed in time belong to dead processes: free the slot and the credits.
@@ -100,5 +123,9 @@ if price > remaining and f[9] ~= '1' then
 end
 redis.call('ZADD', leases, now + ttl, request_id)
 redis.call('HSET', holds, request_id, ARGV[6] .. ':' .. cycle_start)
+if idempotent then
+  redis.call('HSET', KEYS[4], 'state', 'inflight', 'hash', ARGV[9], 'request', request_id)
+  redis.call('EXPIRE', KEYS[4], ARGV[10])
+end
 held = redis.call('HINCRBY', account, 'held', price)
 return {'OK', rps, rps - count, limit, current + 1, allocation - used - held, reclaimed}

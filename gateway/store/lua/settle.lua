@@ -10,6 +10,7 @@
 -- KEYS[4] request log    gw:{acct:<A>}:requests      stream, newest last, trimmed to ARGV[8]
 -- KEYS[5] usage hour     gw:{acct:<A>}:usage:h:<hour start ms>  hash "<route>|<org>|n" / "|c"
 -- KEYS[6] usage day      gw:{acct:<A>}:usage:d:<day start ms>   the same, per UTC day
+-- KEYS[7] idempotency    gw:{acct:<A>}:idem:<key hash>   see admit.lua; unused without a key
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] now, epoch milliseconds
@@ -19,6 +20,9 @@
 -- ARGV[7] latency, milliseconds
 -- ARGV[8] request log length to keep (approximate)
 -- ARGV[9] usage retention, seconds
+-- ARGV[10] for a request with an Idempotency-Key: the response to keep for retries (JSON),
+--          or "-" to drop the record (the request failed: a retry may run); "" without a key
+-- ARGV[11] how long an idempotency record lives, seconds
 --
 -- Returns {applied, charged, credits_remaining}
 --   applied: 1 when this call settled the request, 0 when it was already settled or reclaimed.
@@ -44,6 +48,15 @@ local allocation, used, held = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
 if cycle == f[4] then
   held = redis.call('HINCRBY', account, 'held', -credits)
   if charged > 0 then used = redis.call('HINCRBY', account, 'used', charged) end
+end
+
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[7], 'request') == request_id then
+  if ARGV[10] == '-' then
+    redis.call('DEL', KEYS[7])
+  else
+    redis.call('HSET', KEYS[7], 'state', 'done', 'response', ARGV[10])
+    redis.call('EXPIRE', KEYS[7], ARGV[11])
+  end
 end
 
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], '*', 'id', request_id, 'time', ARGV[3],

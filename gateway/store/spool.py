@@ -1,0 +1,107 @@
+"""Durable settlements: a settle that could not reach the store is appended to a local file
+(fsync'd) and replayed until it lands. Settle is idempotent per request id, so a replay never
+charges twice.
+
+Each process appends to its own file and holds an exclusive lock on it while alive; a file
+nobody holds belonged to a process that died, and the next process to look adopts it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+from gateway.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, directory: str | Path, metrics: Metrics) -> None:
+        self._dir = Path(directory)
+        self._gauge = metrics.settlements_pending
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def pending(self) -> list[dict[str, Any]]:
+        return list(self._pending.values())
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Append a settlement durably (flushed and fsync'd before returning)."""
+        self._append([entry])
+        log.warning("settlement spooled", extra={"request_id": entry["request_id"]})
+
+    def landed(self, request_id: str) -> None:
+        """The settlement reached the store; once none is left, the file is emptied."""
+        self._pending.pop(request_id, None)
+        self._gauge.set(len(self._pending))
+        if not self._pending and self._file is not None:
+            self._file.truncate(0)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def adopt_orphans(self) -> int:
+        """Take over the entries of files whose process is gone. Returns how many."""
+        if not self._dir.is_dir():
+            return 0
+        adopted = 0
+        for path in sorted(self._dir.glob("settle-*.jsonl")):
+            if path == self._path:
+                continue
+            with contextlib.suppress(FileNotFoundError), path.open("r+b") as orphan:
+                try:
+                    fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its process is alive
+                entries = _read(orphan)
+                if entries:
+                    self._append(entries)
+                    adopted += len(entries)
+                path.unlink()
+        if adopted:
+            log.warning("adopted spooled settlements of a dead process", extra={"count": adopted})
+        return adopted
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            if not self._pending and self._path is not None:
+                self._path.unlink(missing_ok=True)
+            self._file = None
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        stream = self._open()
+        for entry in entries:
+            stream.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+            self._pending[entry["request_id"]] = entry
+        stream.flush()
+        os.fsync(stream.fileno())
+        self._gauge.set(len(self._pending))
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._path = self._dir / f"settle-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._file = self._path.open("a+b")
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return self._file
+
+
+def _read(stream: IO[bytes]) -> list[dict[str, Any]]:
+    entries = []
+    for line in stream.read().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            # A line cut short by a crash mid-write: its request was never answered as charged.
+            log.error("skipping a torn spool line")
+    return entries
