@@ -28,7 +28,7 @@ from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
 from gateway.store.connect import connect, is_cluster
-from gateway.store.ledger import Identity, Ledger
+from gateway.store.ledger import Identity, Ledger, SettleOrder
 from gateway.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public[GATEWAY] = gw
     public.add_routes(account.routes)
     public.router.add_route("*", "/{tail:.*}", proxy)
-    public.cleanup_ctx.extend([_upstream_session, _store_client, _lease_renewer, _renewal_sweeper])
+    public.cleanup_ctx.extend(
+        [_upstream_session, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]
+    )
 
     admin_app = web.Application(middlewares=[admin_middleware])
     admin_app[GATEWAY] = gw
@@ -159,18 +161,28 @@ async def replay_spool_forever(gw: Gateway, interval_s: float = 0.5) -> None:
         if rounds % 60 == 0:
             gw.spool.adopt_orphans()
         rounds += 1
-        await replay_spool(gw)
+        try:
+            await replay_spool(gw)
+        except Exception:  # a bug must not stop replays for the life of the process
+            log.exception("spool replay failed")
         await asyncio.sleep(interval_s)
 
 
 async def replay_spool(gw: Gateway) -> None:
     for entry in gw.spool.pending():
         who = Identity(entry["account_id"], entry["org_id"], entry["key_id"])
-        order = {
-            k: entry[k] for k in ("request_id", "now_ms", "charge", "route", "status", "latency_ms")
+        order: SettleOrder = {
+            "request_id": entry["request_id"],
+            "now_ms": entry["now_ms"],
+            "charge": entry["charge"],
+            "route": entry["route"],
+            "status": entry["status"],
+            "latency_ms": entry["latency_ms"],
+            "idempotency_key": entry.get("idempotency_key", ""),
+            "response": entry.get("response", ""),
         }
         try:
-            settled = await gw.ledger.settle(who, **order)
+            settled = await gw.ledger.settle(who, order)
         except StoreError:
             return  # still down: try again next round
         gw.spool.landed(entry["request_id"])

@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api import operations
+from gateway.api.openapi import admin_openapi
 from gateway.api.schemas import (
     CreateAccount,
     CreditAdjustment,
@@ -58,6 +59,11 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = exposition(request.app[GATEWAY].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/admin/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(admin_openapi())
 
 
 @routes.post("/admin/reload")

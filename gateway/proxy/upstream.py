@@ -55,12 +55,10 @@ def request_headers(
         lower = name.lower()
         if lower in dropped or lower.startswith("x-gateway-"):
             continue
-        if any(char in value for char in _FORBIDDEN_CHARS):
-            raise ValidationFailed(
-                f"Header {name} holds a control character", details={"field": name}
-            )
-        out.add(name, value)
+        out.add(name, _clean(name, value))
     forwarded = incoming.get("X-Forwarded-For")
+    if forwarded is not None:
+        forwarded = _clean("X-Forwarded-For", forwarded)
     if client_ip:
         forwarded = f"{forwarded}, {client_ip}" if forwarded else client_ip
     if forwarded:
@@ -69,6 +67,13 @@ def request_headers(
     out["X-Gateway-Account"] = who.account_id
     out["X-Gateway-Org"] = who.org_id
     return out
+
+
+def _clean(name: str, value: str) -> str:
+    # aiohttp's parser already refuses these; this guards anything that reaches us otherwise.
+    if any(char in value for char in _FORBIDDEN_CHARS):
+        raise ValidationFailed(f"Header {name} holds a control character", details={"field": name})
+    return value
 
 
 def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:

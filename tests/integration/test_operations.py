@@ -318,8 +318,11 @@ async def test_workers_are_replaced_and_drain_on_sigterm(
         try:
             code = proc.wait()
         except subprocess.TimeoutExpired:
-            tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,cmd", "--ppid",
-                                   str(proc.process.pid)], capture_output=True, text=True).stdout
+            tree = subprocess.run(
+                ["ps", "-o", "pid,ppid,stat,etime,cmd", "--ppid", str(proc.process.pid)],
+                capture_output=True,
+                text=True,
+            ).stdout
             raise AssertionError(f"did not stop:\n{tree}\n{proc.log()[-3000:]}") from None
         assert code == 0
     finally:

@@ -73,8 +73,13 @@ class RedisServer:
         client.flushall()
         client.close()
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server but keep its directory, so that start() brings its data back
+        (when it was started with persistence, e.g. --appendonly yes)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)

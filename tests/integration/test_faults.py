@@ -1,0 +1,417 @@
+"""Faults and hostile input: crashes, store outages, disconnects, retries, fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import ValidationFailed
+from gateway.proxy.upstream import request_headers
+from gateway.store.ledger import Identity
+from tests.support.harness import ADMIN_TOKEN, Running, catalog_for, start_gateway
+from tests.support.process import start_process, write_catalog
+from tests.support.redis_server import RedisServer
+from tests.support.upstream import RecordingUpstream
+
+FLAT = "/v1/monitor/flat"
+
+
+async def account_state(redis_url: str, account_id: str, org_id: str) -> dict[str, int]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        used, held = await client.hmget(f"gw:{{acct:{account_id}}}:account", "used", "held")
+        leases = await client.zcard(f"gw:{{acct:{account_id}}}:leases:{org_id}")
+    finally:
+        await client.aclose()
+    return {"used": int(used), "held": int(held), "leases": leases}
+
+
+# ----------------------------------------------------------------------------- idempotency
+
+
+async def test_a_retried_success_is_served_again_without_a_second_call_or_charge(
+    gateway: Running, upstream: RecordingUpstream
+) -> None:
+    c = await gateway.new_customer()
+    first = await gateway.call(
+        "POST", f"{FLAT}?x=1", c.key, json={"q": 1}, headers={"Idempotency-Key": "order-42"}
+    )
+    again = await gateway.call(
+        "POST", f"{FLAT}?x=1", c.key, json={"q": 1}, headers={"Idempotency-Key": "order-42"}
+    )
+    assert first[0] == again[0] == 200
+    assert first[2] == again[2]
+    for name in (
+        "Content-Type",
+        "X-Upstream",
+        "X-Credits-Charged",
+        "X-Credits-Remaining",
+        "X-Concurrent-Limit",
+    ):
+        assert first[1][name] == again[1][name], name
+    assert again[1]["Idempotent-Replayed"] == "true"
+    assert len(upstream.requests) == 1
+    _, _, credits = await gateway.call("GET", "/v1/credits", c.key)
+    assert credits["remaining"] == 37500 - 10
+
+
+async def test_idempotency_conflicts(gateway: Running, upstream: RecordingUpstream) -> None:
+    c = await gateway.new_customer()
+    key = {"Idempotency-Key": "k-1"}
+    slow = asyncio.create_task(gateway.call("POST", f"{FLAT}?sleep=0.5", c.key, headers=key))
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    status, _, body = await gateway.call("POST", f"{FLAT}?sleep=0.5", c.key, headers=key)
+    assert status == 409 and body["error"]["code"] == "RESOURCE_ALREADY_EXISTS"
+    assert (await slow)[0] == 200
+    status, _, body = await gateway.call("POST", f"{FLAT}?other=1", c.key, headers=key)
+    assert status == 409 and body["error"]["code"] == "RESOURCE_ALREADY_EXISTS"
+    status, _, body = await gateway.call(
+        "POST", FLAT, c.key, headers={"Idempotency-Key": "x" * 300}
+    )
+    assert status == 400 and body["error"]["details"]["field"] == "Idempotency-Key"
+    assert len(upstream.requests) == 1
+
+
+async def test_a_failed_attempt_frees_its_idempotency_key(
+    gateway: Running, upstream: RecordingUpstream
+) -> None:
+    c = await gateway.new_customer()
+    key = {"Idempotency-Key": "retry-me"}
+    assert (await gateway.call("POST", f"{FLAT}?status=503", c.key, headers=key))[0] == 503
+    # The SDK retries the same request after a 5xx: it runs, and is charged once.
+    assert (await gateway.call("POST", f"{FLAT}?status=503", c.key, headers=key))[0] == 503
+    assert len(upstream.requests) == 2
+    _, _, credits = await gateway.call("GET", "/v1/credits", c.key)
+    assert credits["remaining"] == 37500
+
+
+# ------------------------------------------------------------------------- disconnects
+
+
+async def test_a_client_that_hangs_up_frees_its_slot_at_once(
+    gateway: Running, upstream: RecordingUpstream, redis_url: str
+) -> None:
+    c = await gateway.new_customer("five")
+    async with aiohttp.ClientSession() as http:
+        task = asyncio.create_task(
+            http.post(
+                gateway.public + f"{FLAT}?sleep=5", headers={"Authorization": f"Bearer {c.key}"}
+            )
+        )
+        while sum(upstream.in_flight.values()) < 1:
+            await asyncio.sleep(0.01)
+        task.cancel()  # the client goes away mid-request
+        hung_up = time.monotonic()
+    deadline = time.monotonic() + 2
+    while (await account_state(redis_url, c.account_id, c.org_id))["leases"]:
+        assert time.monotonic() < deadline, "the lease was not released"
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - hung_up < 1.0
+    state = await account_state(redis_url, c.account_id, c.org_id)
+    assert state == {"used": 10, "held": 0, "leases": 0}  # charge_on_client_cancel: true
+    await asyncio.sleep(0.1)
+    assert sum(upstream.in_flight.values()) == 0  # the upstream call was cancelled too
+    async with gateway.http.get(gateway.admin + "/metrics") as reply:
+        text = await reply.text()
+    assert (
+        f'gateway_requests_total{{code="499",outcome="client_canceled",route="{FLAT}"}} 1.0'
+    ) in text
+
+
+# ------------------------------------------------------------------------ store outages
+
+
+@pytest.fixture
+def durable_redis() -> Iterator[RedisServer]:
+    server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_store_down_fails_closed_fast_and_comes_back(
+    durable_redis: RedisServer, upstream: RecordingUpstream
+) -> None:
+    gw = await start_gateway(durable_redis.url, catalog_for(upstream.url))
+    try:
+        c = await gw.new_customer()
+        assert (await gw.call("POST", FLAT, c.key))[0] == 200
+        durable_redis.halt()
+        timings = []
+        for _ in range(8):  # enough failures to open the breaker
+            started = time.monotonic()
+            status, headers, body = await gw.call("POST", FLAT, c.key)
+            timings.append(time.monotonic() - started)
+            assert status == 503 and body["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert int(headers["Retry-After"]) >= 1
+        assert max(timings) < 1.0
+        assert len(upstream.requests) == 1  # nothing forwarded without a lease
+        async with gw.http.get(gw.admin + "/readyz") as reply:
+            assert reply.status == 503
+        durable_redis.start()
+        deadline = time.monotonic() + 10
+        while (await gw.call("POST", FLAT, c.key))[0] != 200:
+            assert time.monotonic() < deadline, "service did not come back"
+            await asyncio.sleep(0.2)
+        async with gw.http.get(gw.admin + "/readyz") as reply:
+            assert reply.status == 200
+    finally:
+        await gw.close()
+
+
+async def test_a_success_whose_settle_cannot_land_is_spooled_and_charged_once(
+    durable_redis: RedisServer, upstream: RecordingUpstream
+) -> None:
+    gw = await start_gateway(durable_redis.url, catalog_for(upstream.url))
+    try:
+        c = await gw.new_customer()
+        slow = asyncio.create_task(gw.call("POST", f"{FLAT}?sleep=0.6", c.key))
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+        durable_redis.halt()  # between admit and settle
+        status, headers, _ = await slow
+        assert status == 200 and headers["X-Credits-Charged"] == "10"
+        assert len(gw.gw.spool) == 1
+        assert gw.gw.metrics.settlements_pending._value.get() == 1
+        durable_redis.start()
+        deadline = time.monotonic() + 10
+        while len(gw.gw.spool):
+            assert time.monotonic() < deadline, "the spooled settlement never landed"
+            await asyncio.sleep(0.1)
+        state = await account_state(durable_redis.url, c.account_id, c.org_id)
+        assert state == {"used": 10, "held": 0, "leases": 0}
+        # Replaying the same settlement again (a crash before the spool was emptied) is a no-op.
+        who = Identity(c.account_id, c.org_id, c.key_id)
+        request_id = headers["X-Request-Id"]
+        again = await gw.gw.ledger.settle(
+            who,
+            {
+                "request_id": request_id,
+                "now_ms": gw.gw.now_ms(),
+                "charge": True,
+                "route": FLAT,
+                "status": 200,
+                "latency_ms": 1,
+                "idempotency_key": "",
+                "response": "",
+            },
+        )
+        assert not again.applied
+        assert (await account_state(durable_redis.url, c.account_id, c.org_id))["used"] == 10
+    finally:
+        await gw.close()
+
+
+async def test_a_spool_left_by_a_dead_process_is_replayed_at_start(
+    durable_redis: RedisServer, upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = await start_gateway(durable_redis.url, catalog_for(upstream.url), spool_dir=str(spool))
+    c = await first.new_customer()
+    slow = asyncio.create_task(first.call("POST", f"{FLAT}?sleep=0.5", c.key))
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    durable_redis.halt()
+    assert (await slow)[0] == 200
+    assert len(first.gw.spool) == 1
+    # The process dies without replaying: its file stays behind, unlocked.
+    first.gw.spool._file.close()  # type: ignore[union-attr]  # what the kernel does at exit
+    first.gw.spool._file = None
+    await first.close()
+    durable_redis.start()
+    second = await start_gateway(durable_redis.url, catalog_for(upstream.url), spool_dir=str(spool))
+    try:
+        deadline = time.monotonic() + 10
+        while (await account_state(durable_redis.url, c.account_id, c.org_id))["used"] != 10:
+            assert time.monotonic() < deadline, "the orphaned spool was not replayed"
+            await asyncio.sleep(0.1)
+    finally:
+        await second.close()
+
+
+# ------------------------------------------------------------------------------ crashes
+
+
+async def test_leases_of_a_killed_gateway_are_reclaimed_and_never_charged(
+    tmp_path: Path, redis_url: str, upstream: RecordingUpstream
+) -> None:
+    limits = {
+        "lease_ttl_s": 2,
+        "max_request_body_bytes": 4096,
+        "charge_on_client_cancel": True,
+        "shutdown_grace_s": 1,
+    }
+    upstreams = {"scrapers": {"url": upstream.url, "timeout_s": 30, "connect_timeout_s": 1}}
+    catalog_file = write_catalog(
+        tmp_path / "c.yaml", upstream.url, limits=limits, upstreams=upstreams
+    )
+    victim = start_process(catalog_file, redis_url, tmp_path)
+    survivor = await start_gateway(redis_url, catalog_for(upstream.url, catalog_file))
+    try:
+        c = await survivor.new_customer("five")
+        async with aiohttp.ClientSession() as http:
+            doomed = [
+                asyncio.create_task(
+                    http.post(
+                        f"{victim.public}{FLAT}?sleep=10",
+                        headers={"Authorization": f"Bearer {c.key}"},
+                    )
+                )
+                for _ in range(5)
+            ]
+            while sum(upstream.in_flight.values()) < 5:
+                await asyncio.sleep(0.02)
+            victim.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            for task in doomed:
+                with pytest.raises(aiohttp.ClientError):
+                    await task
+        status, _, body = await survivor.call("POST", FLAT, c.key)
+        assert status == 429 and body["error"]["code"] == "CONCURRENT_LIMIT_EXCEEDED"
+        while (await survivor.call("POST", FLAT, c.key))[0] != 200:
+            assert time.monotonic() - killed < 2 + 1.5, "not admitted within the TTL + 1 s"
+            await asyncio.sleep(0.1)
+        assert survivor.gw.metrics.leases_reclaimed._value.get() == 5
+        state = await account_state(redis_url, c.account_id, c.org_id)
+        assert state["used"] == 10  # only the survivor's own request
+    finally:
+        victim.stop()
+        await survivor.close()
+
+
+# ------------------------------------------------------------------------------ fuzzing
+
+_header_text = st.text(
+    alphabet=st.characters(min_codepoint=0, max_codepoint=0x2FF), min_size=0, max_size=40
+)
+_names = st.one_of(
+    st.sampled_from(
+        [
+            "Authorization",
+            "X-Gateway-Org",
+            "x-gateway-account",
+            "Connection",
+            "Keep-Alive",
+            "X-Forwarded-For",
+            "Content-Type",
+            "Upgrade",
+            "TE",
+        ]
+    ),
+    st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, _header_text), max_size=15))
+def test_forwarded_headers_never_leak_credentials(pairs: list[tuple[str, str]]) -> None:
+    incoming: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(pairs))
+    who = Identity("acct_a", "org_o", "key_k")
+    try:
+        out = request_headers(incoming, request_id="req_1", who=who, client_ip="127.0.0.1")
+    except ValidationFailed as exc:
+        assert any(c in v for _, v in pairs for c in "\r\n\x00"), exc
+        return
+    assert "Authorization" not in out
+    assert out.getall("X-Gateway-Account") == ["acct_a"]
+    assert out.getall("X-Gateway-Org") == ["org_o"]
+    assert not any(
+        k.lower().startswith("x-gateway-")
+        and k.lower() not in ("x-gateway-account", "x-gateway-org")
+        for k in out
+    )
+    for name in ("Connection", "Keep-Alive", "Upgrade", "TE"):
+        assert name not in out
+    assert all(not any(c in v for c in "\r\n\x00") for v in out.values())
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def loop_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Running, str]]:
+    """A gateway on its own event loop, so that a sync hypothesis test can drive it."""
+    server = RedisServer().start()
+    loop = asyncio.new_event_loop()
+    upstream = loop.run_until_complete(RecordingUpstream().start())
+    running = loop.run_until_complete(start_gateway(server.url, catalog_for(upstream.url)))
+    customer = loop.run_until_complete(running.new_customer("hobby"))
+    yield loop, running, customer.key
+    loop.run_until_complete(running.close())
+    loop.run_until_complete(upstream.stop())
+    loop.close()
+    server.stop()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=st.one_of(
+        _json.map(lambda v: __import__("json").dumps(v).encode()), st.binary(max_size=200)
+    ),
+    # Control characters never get past a client's HTTP writer (the raw-socket tests in
+    # test_proxy.py send those); everything else a header may carry is fair game here.
+    header=st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_categories=["Cc"]),
+        max_size=40,
+    ),
+)
+def test_hostile_bodies_and_headers_never_cause_a_server_error(
+    loop_gateway: tuple[asyncio.AbstractEventLoop, Running, str], body: bytes, header: str
+) -> None:
+    loop, running, key = loop_gateway
+    status, _, _ = loop.run_until_complete(
+        running.call(
+            "POST",
+            "/v1/monitor/chatgpt",
+            key,
+            data=body,
+            headers={
+                "X-Anything": header.encode("latin-1", "replace").decode("latin-1"),
+                "Content-Type": "application/json",
+            },
+        )
+    )
+    assert status in (200, 400), status
+
+
+async def test_schemathesis_finds_no_server_error_in_the_admin_api(gateway: Running) -> None:
+    tool = Path(sys.executable).parent / "schemathesis"
+    process = await asyncio.create_subprocess_exec(
+        str(tool),
+        "run",
+        f"{gateway.admin}/admin/openapi.json",
+        "-H",
+        f"Authorization: Bearer {ADMIN_TOKEN}",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "25",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--seed",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=240)
+    assert process.returncode == 0, output.decode()[-4000:]
