@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisClusterException, RedisError
 
+from gateway import dashboard
 from gateway.api import account, admin
 from gateway.catalog.live import LiveCatalog
 from gateway.catalog.models import Catalog
@@ -76,6 +77,7 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public = web.Application(middlewares=[public_middleware])
     public[GATEWAY] = gw
     public.add_routes(account.routes)
+    public.add_routes(dashboard.routes)
     public.router.add_route("*", "/{tail:.*}", proxy)
     public.cleanup_ctx.extend(
         [_upstream_session, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]

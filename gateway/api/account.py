@@ -26,6 +26,23 @@ async def credits(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/v1/plans")
+async def plans(request: web.Request) -> web.Response:
+    """The public plans a customer can choose from (for the dashboard's plan picker)."""
+    await _caller(request)
+    catalog = request.app[GATEWAY].catalog.current.catalog
+    return web.json_response(
+        {
+            "plans": [
+                {"name": name, **plan.model_dump()}
+                for name, plan in sorted(
+                    catalog.plans.items(), key=lambda item: item[1].price_cents
+                )
+            ]
+        }
+    )
+
+
 @routes.get("/v1/account")
 async def account(request: web.Request) -> web.Response:
     record, org = await _caller(request)
