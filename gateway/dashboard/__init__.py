@@ -6,6 +6,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from gateway.context import ROUTE
+
 routes = web.RouteTableDef()
 
 _TYPES = {"index.html": "text/html", "app.js": "text/javascript", "app.css": "text/css"}
@@ -24,11 +26,13 @@ _HEADERS = {
 
 @routes.get("/dashboard")
 async def page(request: web.Request) -> web.Response:
+    request[ROUTE] = "/dashboard"
     return _serve("index.html")
 
 
 @routes.get("/dashboard/static/{name}")
 async def asset(request: web.Request) -> web.Response:
+    request[ROUTE] = "/dashboard"
     name = request.match_info["name"]
     if name not in _FILES or name == "index.html":
         raise web.HTTPNotFound()

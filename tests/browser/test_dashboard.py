@@ -25,10 +25,17 @@ async def browser() -> AsyncIterator[Browser]:
     assert Path(CHROMIUM).exists(), "chromium is missing: `make test` installs it"
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         yield launched
         await launched.close()
@@ -62,8 +69,7 @@ async def test_sign_in_shows_what_the_api_says(page: Page, gateway: Running) -> 
     _, _, credits = await gateway.call("GET", "/v1/credits", c.key)
     _, _, account = await gateway.call("GET", "/v1/account", c.key)
     await sign_in(page, gateway, c.key)
-    await expect(page.get_by_test_id("credits-remaining")).to_have_text(
-        f"{credits['remaining']:,}")
+    await expect(page.get_by_test_id("credits-remaining")).to_have_text(f"{credits['remaining']:,}")
     await expect(page.get_by_test_id("plan")).to_have_text(account["plan"])
     await expect(page.get_by_test_id("status")).to_have_text("active")
     await expect(page.get_by_test_id("concurrency")).to_have_text("0 / 10")
@@ -106,8 +112,9 @@ async def test_upgrade_through_the_page(page: Page, gateway: Running) -> None:
     await expect(confirmation).to_contain_text("You will be charged $")
     shown = re.search(r"\$(\d+\.\d\d)", await confirmation.inner_text())
     assert shown is not None
-    _, _, preview = await gateway.call("POST", "/v1/account/subscription/preview", c.key,
-                                       json={"plan": "hobby"})
+    _, _, preview = await gateway.call(
+        "POST", "/v1/account/subscription/preview", c.key, json={"plan": "hobby"}
+    )
     assert shown.group(1) == f"{preview['charge_cents'] / 100:.2f}"
     await page.get_by_test_id("confirm-change").click()
     await expect(page.get_by_test_id("plan")).to_have_text("hobby")

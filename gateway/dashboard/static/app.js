@@ -131,7 +131,7 @@ function renderChart(usage, account) {
   const allocation = account.credits.allocation;
   let spent = 0;
   const balance = totals.map((t) => allocation - (spent += t));
-  const width = 760, height = 240, pad = 36;
+  const width = 760, height = 240, pad = 24;
   const maxBar = Math.max(1, ...totals);
   const maxLine = Math.max(1, allocation);
   const step = (width - 2 * pad) / Math.max(1, days.length);
@@ -168,8 +168,11 @@ function renderChart(usage, account) {
     chart.appendChild(svg("polyline", { points: points.map((p) => p.join(",")).join(" "),
                                         fill: "none", stroke: "#1d2330", "stroke-width": 2,
                                         class: "balance" }));
+    for (const [x, y] of points) {
+      chart.appendChild(svg("circle", { cx: x, cy: y, r: 3, fill: "#1d2330" }));
+    }
   }
-  const top = svg("text", { x: 4, y: 14, "font-size": 11, fill: "#5b6475" });
+  const top = svg("text", { x: pad, y: 12, "font-size": 11, fill: "#5b6475" });
   top.textContent = "bars: credits per day (max " + number(maxBar) + ") · line: balance";
   chart.appendChild(top);
   $("usage-chart").replaceChildren(chart);
