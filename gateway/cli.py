@@ -125,6 +125,7 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
                 f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
                 '-d \'{"prompt": "best running shoes"}\' -i\n'
                 f"  credits:     curl -s {base}/v1/credits -H 'Authorization: Bearer {key}'\n"
+                f"  dashboard:   {base}/dashboard (sign in with the key)\n"
                 f"  admin:       http://127.0.0.1:{admin_port}/admin/"
                 f" (Authorization: Bearer {token.get_secret_value()})\n"
                 "Press Ctrl-C to stop.",
