@@ -29,6 +29,7 @@ clean:
 
 bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx-light)
 	$(BIN)/python bench/run.py
 
 # About five minutes of chaos under load (not part of `make test`); SOAK_SECONDS to change it.
