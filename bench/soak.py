@@ -118,8 +118,10 @@ async def main() -> int:
     redis_server = RedisServer(extra_args=("--appendonly", "yes", "--appendfsync", "always"))
     redis_server.start()
     upstream = await RecordingUpstream().start()
+    # Long enough that a spooled settlement replays before another admission could reclaim its
+    # lease (an outage here lasts under 2 s); short enough that a killed gateway's slots return.
     limits = {
-        "lease_ttl_s": 3,
+        "lease_ttl_s": 10,
         "max_request_body_bytes": 4096,
         "charge_on_client_cancel": True,
         "shutdown_grace_s": 5,
@@ -179,7 +181,8 @@ async def main() -> int:
                             delivered[account_id] += int(reply.headers["X-Credits-Charged"])
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     errors[type(exc).__name__] += 1
-                    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+                    cut = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+                    if cut and not isinstance(exc, aiohttp.ClientConnectorError):
                         cut_off[account_id] += 1
                     await asyncio.sleep(0.05)
 
