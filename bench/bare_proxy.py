@@ -46,6 +46,7 @@ def main() -> None:
         port=int(sys.argv[1]),
         access_log=None,
         print=None,
+        backlog=4096,
         loop=uvloop.new_event_loop(),
     )
 

@@ -39,6 +39,7 @@ DURATION = os.environ.get("BENCH_DURATION", "8s")
 # 10,000 in flight needs 20,000 sockets in the gateway (client + upstream side); this sandbox's
 # hard limit on open files is 20,000, so the default stays just under it.
 SLOW_REQUESTS = int(os.environ.get("BENCH_SLOW_REQUESTS", "9900"))
+RAMP_S = 6.0
 PRICE = 7
 TOKEN = "bench-token"
 PATH = "/v1/monitor/chatgpt"
@@ -173,7 +174,11 @@ def rss_kb(pid: int) -> int:
 
 
 async def hold_many(url: str, key: str, count: int, gateway_pid: int) -> dict[str, Any]:
-    """`count` concurrent slow requests through one gateway: errors and memory per request."""
+    """`count` concurrent slow requests through one gateway: errors and memory per request.
+
+    They arrive over RAMP_S seconds (a 2-core box admits a few thousand a second) and the
+    upstream holds every one of them until 2 s after the last has arrived, so that at the peak
+    all of them are in flight through the one process at once."""
     idle = rss_kb(gateway_pid)
     peak = idle
     errors: dict[str, int] = {}
@@ -181,11 +186,13 @@ async def hold_many(url: str, key: str, count: int, gateway_pid: int) -> dict[st
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        release = time.time() + RAMP_S + 2
 
-        async def one() -> None:
+        async def one(delay: float) -> None:
+            await asyncio.sleep(delay)
             try:
                 async with http.post(
-                    url + "?sleep=2",
+                    f"{url}?until={release}",
                     headers={"Authorization": f"Bearer {key}"},
                     json={"prompt": "x"},
                 ) as reply:
@@ -194,7 +201,7 @@ async def hold_many(url: str, key: str, count: int, gateway_pid: int) -> dict[st
             except (aiohttp.ClientError, TimeoutError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
-        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        tasks = [asyncio.create_task(one(RAMP_S * i / count)) for i in range(count)]
         started = time.monotonic()
         while not all(t.done() for t in tasks):
             peak = max(peak, rss_kb(gateway_pid))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import time
 
 from aiohttp import web
 
@@ -14,6 +16,9 @@ BODY = json.dumps(
 
 async def answer(request: web.Request) -> web.Response:
     await request.read()
+    until = request.query.get("until")  # hold the request until this epoch second
+    if until is not None:
+        await asyncio.sleep(max(0.0, float(until) - time.time()))
     return web.Response(body=BODY, content_type="application/json")
 
 
@@ -28,6 +33,7 @@ def main() -> None:
         port=int(sys.argv[1]),
         access_log=None,
         print=None,
+        backlog=4096,
         loop=uvloop.new_event_loop(),
     )
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 8190  # the request line, so the URL too
 MAX_FIELD_BYTES = 8190  # one header
 MAX_HEADERS = 64
+BACKLOG = 4096  # capped by the kernel's net.core.somaxconn
 
 
 def build_gateway(
@@ -226,7 +227,8 @@ async def serving(
     try:
         for runner, (h, p) in zip(runners, ((host, port), (admin_host, admin_port)), strict=True):
             await runner.setup()
-            site = web.TCPSite(runner, h, p, reuse_port=True)
+            # A deep accept queue: a burst of new connections waits instead of failing.
+            site = web.TCPSite(runner, h, p, reuse_port=True, backlog=BACKLOG)
             await site.start()
             ports.append(int(runner.addresses[0][1]))
         yield ports[0], ports[1]

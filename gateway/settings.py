@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     redis_sentinel_master: str = "mymaster"
     # One outer deadline per store call; short so a dead Redis fails closed fast.
-    redis_timeout_s: float = 0.5
+    redis_timeout_s: float = 0.8
     redis_pool_size: int = 64
     host: str = "0.0.0.0"
     port: int = 8080

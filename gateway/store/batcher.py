@@ -16,40 +16,61 @@ _Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]"]
 class ScriptBatcher:
     """Queues script calls and flushes them as one non-transactional pipeline per loop tick.
 
+    At most `max_in_flight` pipelines are out at once; while they are, new calls gather into
+    the next, bigger one, so a burst makes fewer, larger round trips instead of a queue of
+    small ones each waiting for a connection.
+
     redis-py refuses EVALSHA inside a Cluster pipeline, so on a Cluster each call goes out on
     its own (still one round trip per call, routed by its keys' slot)."""
 
     def __init__(
-        self, client: Any, timeout_s: float, *, pipelined: bool = True, max_batch: int = 256
+        self,
+        client: Any,
+        timeout_s: float,
+        *,
+        pipelined: bool = True,
+        max_batch: int = 512,
+        max_in_flight: int = 8,
     ) -> None:
         self._client = client
         self._timeout_s = timeout_s
         self._pipelined = pipelined
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._pending: list[_Call] = []
+        self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         if not self._pipelined:
             async with asyncio.timeout(self._timeout_s):
                 return await script.run(self._client, keys, args)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((script, keys, args, future))
         if len(self._pending) >= self._max_batch:
             self._flush()
+        else:
+            self._schedule()
         return await future
 
+    def _schedule(self) -> None:
+        if self._pending and not self._scheduled and len(self._tasks) < self._max_in_flight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
+        self._scheduled = False
+        if not self._pending or len(self._tasks) >= self._max_in_flight:
+            return  # a finishing batch flushes what gathered meanwhile
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
         task = asyncio.create_task(self._send(batch))
         # Keep a reference: the loop only holds weak ones to running tasks.
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._schedule()
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
@@ -73,10 +94,11 @@ class ScriptBatcher:
         return replies
 
     async def aclose(self) -> None:
-        """Wait for batches already sent, so that no settle is lost at shutdown."""
-        self._flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait for batches already sent and queued, so that no settle is lost at shutdown."""
+        while self._pending or self._tasks:
+            self._flush()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 def _resolve(future: asyncio.Future[Any], reply: Any) -> None:
