@@ -196,8 +196,11 @@ async def hold_many(url: str, key: str, count: int, gateway_pid: int) -> dict[st
                     headers={"Authorization": f"Bearer {key}"},
                     json={"prompt": "x"},
                 ) as reply:
-                    await reply.read()
+                    body = await reply.read()
                     statuses[reply.status] = statuses.get(reply.status, 0) + 1
+                    if reply.status != 200:
+                        why = json.loads(body)["error"]["message"][:80]
+                        errors[why] = errors.get(why, 0) + 1
             except (aiohttp.ClientError, TimeoutError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 

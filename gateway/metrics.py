@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,6 +34,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Label children looked up once per label set, not per request.
+        self._request_children: dict[tuple[str, int, str], Any] = {}
+        self._duration_children: dict[str, Any] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total",
@@ -112,3 +116,15 @@ class Metrics:
             "When the catalog last loaded",
             registry=r,
         )
+
+    def count_request(self, route: str, status: int, outcome: str, seconds: float) -> None:
+        """One finished request of the public listener."""
+        key = (route, status, outcome)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, str(status), outcome)
+        child.inc()
+        duration = self._duration_children.get(route)
+        if duration is None:
+            duration = self._duration_children[route] = self.request_duration.labels(route)
+        duration.observe(seconds)
