@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -109,29 +109,31 @@ async def _store_client(app: web.Application) -> AsyncIterator[None]:
     await gw.client.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `work` for as long as the block lasts, then cancel it and wait for it to stop."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
-    task = asyncio.create_task(
-        renew_forever(
-            gw.inflight,
-            gw.ledger,
-            gw.clock,
-            lambda: float(gw.catalog.current.catalog.limits.lease_ttl_s),
-        )
-    )
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+
+    def ttl() -> float:  # read on every round: a reload may change it
+        return float(gw.catalog.current.catalog.limits.lease_ttl_s)
+
+    async with _in_background(renew_forever(gw.inflight, gw.ledger, gw.clock, ttl)):
+        yield
 
 
 async def _renewal_sweeper(app: web.Application) -> AsyncIterator[None]:
-    gw = app[GATEWAY]
-    task = asyncio.create_task(sweep_renewals_forever(gw))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _in_background(sweep_renewals_forever(app[GATEWAY])):
+        yield
 
 
 async def sweep_renewals_forever(gw: Gateway) -> None:
@@ -148,11 +150,8 @@ async def sweep_renewals_forever(gw: Gateway) -> None:
 
 async def _spool_replayer(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
-    task = asyncio.create_task(replay_spool_forever(gw))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _in_background(replay_spool_forever(gw)):
+        yield
     await replay_spool(gw)  # a last try, so a clean stop leaves nothing behind if it can
     gw.spool.close()
 
