@@ -4,9 +4,11 @@ round trip. Each caller still runs exactly its own script once; only the trip is
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
-from redis.exceptions import NoScriptError
+from hiredis import pack_command
+from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.store.scripts import Script
 
@@ -40,6 +42,12 @@ class ScriptBatcher:
         self._pending: list[_Call] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # On a plain Redis connection pool, each pipeline in flight owns one connection for
+        # good and writes pre-packed commands on it: no pool handshake, no redis-py pipeline
+        # object per batch. Other clients (memory store, Sentinel, Cluster) use pipelines.
+        self._raw = _raw_capable(client)
+        self._connections: list[Any] = []
+        self._idle: list[Any] = []
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         if not self._pipelined:
@@ -87,10 +95,38 @@ class ScriptBatcher:
                     future.set_exception(exc)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
+        if self._raw:
+            return await self._execute_raw(batch)
         pipe = self._client.pipeline(transaction=False)
         for script, keys, args, _ in batch:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def _execute_raw(self, batch: list[_Call]) -> list[Any]:
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            connection = await self._client.connection_pool.get_connection()
+            self._connections.append(connection)
+        try:
+            packed = b"".join(
+                pack_command(cast(Any, ("EVALSHA", script.sha, len(keys), *keys, *args)))
+                for script, keys, args, _ in batch
+            )
+            await connection.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:  # e.g. NOSCRIPT: that reply is fully read
+                    replies.append(error)
+        except BaseException:
+            # Replies may be left unread: this connection starts afresh next time.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            self._idle.append(connection)
         return replies
 
     async def aclose(self) -> None:
@@ -99,6 +135,19 @@ class ScriptBatcher:
             self._flush()
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        for connection in self._connections:
+            await self._client.connection_pool.release(connection)
+        self._connections.clear()
+        self._idle.clear()
+
+
+def _raw_capable(client: Any) -> bool:
+    pool = getattr(client, "connection_pool", None)
+    return (
+        pool is not None
+        and type(pool) in (ConnectionPool, BlockingConnectionPool)
+        and pool.connection_class is Connection
+    )
 
 
 def _resolve(future: asyncio.Future[Any], reply: Any) -> None:
