@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import (
@@ -29,6 +30,14 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+@dataclass(frozen=True, slots=True)
+class RouteMetrics:
+    """The label children of one route, bound once."""
+
+    upstream_duration: Any
+    credits_charged: Any
+
+
 class Metrics:
     """The gateway's instruments; one instance per process, passed to whoever counts."""
 
@@ -37,6 +46,7 @@ class Metrics:
         # Label children looked up once per label set, not per request.
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._duration_children: dict[str, Any] = {}
+        self._routes: dict[str, RouteMetrics] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests_total",
@@ -128,3 +138,11 @@ class Metrics:
         if duration is None:
             duration = self._duration_children[route] = self.request_duration.labels(route)
         duration.observe(seconds)
+
+    def per_route(self, route: str) -> RouteMetrics:
+        bound = self._routes.get(route)
+        if bound is None:
+            bound = self._routes[route] = RouteMetrics(
+                self.upstream_duration.labels(route), self.credits_charged.labels(route)
+            )
+        return bound

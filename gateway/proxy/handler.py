@@ -121,7 +121,7 @@ async def proxy(request: web.Request) -> web.Response:
             )
             request[OUTCOME] = "client_canceled"
             request[CHARGED] = settled.charged
-            gw.metrics.credits_charged.labels(route.name).inc(settled.charged)
+            gw.metrics.per_route(route.name).credits_charged.inc(settled.charged)
             raise
         settled = await _settle(
             gw,
@@ -133,18 +133,21 @@ async def proxy(request: web.Request) -> web.Response:
             price=price,
             remaining=admission.credits_remaining,
             idempotency=idempotency,
+            # Only a request with an Idempotency-Key has a response worth keeping.
             keep=_keepable(
                 reply, {**tracking, **_credit_headers(price, admission.credits_remaining)}
-            ),
+            )
+            if idempotency is not None
+            else "-",
         )
-    gw.metrics.upstream_duration.labels(route.name).observe(reply.seconds)
+    gw.metrics.per_route(route.name).upstream_duration.observe(reply.seconds)
     request[UPSTREAM_SECONDS] = reply.seconds
     tracking.update(_credit_headers(settled.charged, settled.credits_remaining))
     request[OUTCOME] = (
         "upstream_error" if not _success(reply) else "charged" if settled.charged else "free"
     )
     if settled.charged:
-        gw.metrics.credits_charged.labels(route.name).inc(settled.charged)
+        gw.metrics.per_route(route.name).credits_charged.inc(settled.charged)
     return _respond(reply, tracking)
 
 
