@@ -12,6 +12,7 @@ from gateway.catalog.models import Catalog
 from gateway.clock import from_ms, iso, parse_iso, to_ms
 from gateway.context import Gateway
 from gateway.errors import Conflict, ValidationFailed
+from gateway.ids import new_id
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, org_json
 
@@ -125,8 +126,6 @@ def check_contract_prices(contract: Contract, catalog: Catalog) -> None:
 
 
 async def add_org(gw: Gateway, account_id: str, name: str, concurrency: int) -> dict[str, Any]:
-    from gateway.store.accounts import new_id
-
     org_id = new_id("org")
     now = gw.clock()
 

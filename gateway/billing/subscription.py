@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,28 +10,14 @@ from typing import Any
 
 from gateway.billing.contract import Contract
 from gateway.clock import iso
+from gateway.ids import new_id
 
-ENTRY_TYPES = frozenset(
-    {
-        "subscribe",
-        "renew",
-        "upgrade",
-        "downgrade_scheduled",
-        "downgrade_applied",
-        "cancel_scheduled",
-        "reactivated",
-        "canceled",
-        "overage",
-        "adjustment",
-    }
-)
 CURRENCY = "usd"
-_ALPHABET = string.digits + string.ascii_letters
 IdFactory = Callable[[], str]
 
 
 def new_entry_id() -> str:
-    return "bill_" + "".join(secrets.choice(_ALPHABET) for _ in range(16))
+    return new_id("bill")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-import string
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,19 +16,15 @@ from gateway.billing.cycles import cycle_at
 from gateway.billing.subscription import Entry, Subscription, new_entry_id
 from gateway.catalog.models import Plan
 from gateway.clock import from_ms, to_ms
+from gateway.ids import new_id, random_base62
 from gateway.store import keys
 
-_BASE62 = string.digits + string.ascii_letters
 KEY_PREFIX = "sk_live_"
-
-
-def new_id(kind: str, length: int = 16) -> str:
-    return f"{kind}_" + "".join(secrets.choice(_BASE62) for _ in range(length))
 
 
 def new_api_key() -> str:
     """`sk_live_` + 32 base62 characters (SPEC section 3)."""
-    return KEY_PREFIX + "".join(secrets.choice(_BASE62) for _ in range(32))
+    return KEY_PREFIX + random_base62(32)
 
 
 def org_json(name: str, created: datetime) -> str:
@@ -210,7 +204,6 @@ class Accounts:
         await self.client.hset(keys.account(account_id), mapping=record)
         await self.client.rpush(keys.billing(account_id), entry.dumps())
         await self.client.set(keys.org_index(org_id), account_id)
-        await self.client.sadd(keys.ACCOUNTS, account_id)
         await self.client.zadd(keys.CYCLE_ENDS, {account_id: to_ms(end)})
         created = await self.get(account_id)
         assert created is not None

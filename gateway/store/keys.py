@@ -53,6 +53,5 @@ def key_index(key_id: str) -> str:
     return f"gw:key:{key_id}"
 
 
-ACCOUNTS = "gw:accounts"
 # When each account's current cycle ends (score, ms): the renewal sweeper's work list.
 CYCLE_ENDS = "gw:cycle_ends"

@@ -613,7 +613,6 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.api_key(hash_key(w.plaintext)),
         keys.org_index(org),
         keys.key_index(w.key.id),
-        keys.ACCOUNTS,
         keys.CYCLE_ENDS,
     }
     written = set(await all_keys(client, "*")) - index
