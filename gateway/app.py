@@ -29,7 +29,7 @@ from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
 from gateway.store.connect import connect, is_cluster
-from gateway.store.ledger import Identity, Ledger, SettleOrder
+from gateway.store.ledger import Ledger
 from gateway.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -171,27 +171,16 @@ async def replay_spool_forever(gw: Gateway, interval_s: float = 0.5) -> None:
 
 
 async def replay_spool(gw: Gateway) -> None:
-    for entry in gw.spool.pending():
-        who = Identity(entry["account_id"], entry["org_id"], entry["key_id"])
-        order: SettleOrder = {
-            "request_id": entry["request_id"],
-            "now_ms": entry["now_ms"],
-            "charge": entry["charge"],
-            "route": entry["route"],
-            "status": entry["status"],
-            "latency_ms": entry["latency_ms"],
-            "idempotency_key": entry.get("idempotency_key", ""),
-            "response": entry.get("response", ""),
-        }
+    for who, order in gw.spool.pending():
         try:
             settled = await gw.ledger.settle(who, order)
         except StoreError:
             return  # still down: try again next round
-        gw.spool.landed(entry["request_id"])
+        gw.spool.landed(order["request_id"])
         log.info(
             "spooled settlement landed",
             extra={
-                "request_id": entry["request_id"],
+                "request_id": order["request_id"],
                 "applied": settled.applied,
                 "charged": settled.charged,
             },

@@ -214,9 +214,7 @@ async def _settle(
     try:
         return await gw.ledger.settle(who, order)
     except StoreError:
-        gw.spool.add(
-            {**order, "account_id": who.account_id, "org_id": who.org_id, "key_id": who.key_id}
-        )
+        gw.spool.add(who, order)
         # The charge will land on replay; tell the customer what it will be.
         return Settlement(
             applied=False,

@@ -14,9 +14,10 @@ import logging
 import os
 import uuid
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from gateway.metrics import Metrics
+from gateway.store.ledger import Identity, SettleOrder
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,21 @@ class Spool:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def pending(self) -> list[dict[str, Any]]:
-        return list(self._pending.values())
+    def pending(self) -> list[tuple[Identity, SettleOrder]]:
+        """The settlements still waiting, as settle takes them."""
+        return [
+            (
+                Identity(e["account_id"], e["org_id"], e["key_id"]),
+                cast(SettleOrder, {name: e[name] for name in SettleOrder.__annotations__}),
+            )
+            for e in self._pending.values()
+        ]
 
-    def add(self, entry: dict[str, Any]) -> None:
+    def add(self, who: Identity, order: SettleOrder) -> None:
         """Append a settlement durably (flushed and fsync'd before returning)."""
+        entry = {**order, "account_id": who.account_id, "org_id": who.org_id, "key_id": who.key_id}
         self._append([entry])
-        log.warning("settlement spooled", extra={"request_id": entry["request_id"]})
+        log.warning("settlement spooled", extra={"request_id": order["request_id"]})
 
     def landed(self, request_id: str) -> None:
         """The settlement reached the store; once none is left, the file is emptied."""
