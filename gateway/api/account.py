@@ -71,19 +71,19 @@ async def billing(request: web.Request) -> web.Response:
 
 @routes.post("/v1/account/subscription")
 async def change_plan(request: web.Request) -> web.Response:
-    record = await _self_service(request)
-    choice = await parse(request, PlanChoice)
-    return web.json_response(
-        await operations.change_plan(request.app[GATEWAY], record.id, choice.plan, preview=False)
-    )
+    return await _plan_change(request, preview=False)
 
 
 @routes.post("/v1/account/subscription/preview")
 async def preview(request: web.Request) -> web.Response:
+    return await _plan_change(request, preview=True)
+
+
+async def _plan_change(request: web.Request, *, preview: bool) -> web.Response:
     record = await _self_service(request)
     choice = await parse(request, PlanChoice)
     return web.json_response(
-        await operations.change_plan(request.app[GATEWAY], record.id, choice.plan, preview=True)
+        await operations.change_plan(request.app[GATEWAY], record.id, choice.plan, preview=preview)
     )
 
 

@@ -6,34 +6,12 @@ with back-dated anchors so that a cycle ends a couple of seconds into the test."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
-from tests.support.clock import MovableClock
+from tests.support.clock import ANCHOR, MovableClock
 from tests.support.harness import Customer, Running, catalog_for, start_gateway
 from tests.support.upstream import RecordingUpstream
-
-# Gateway time at the start of each test: 2 s before the anchor's monthly anniversary.
-NOW = datetime(2026, 3, 15, 9, 59, 58, tzinfo=UTC)
-ANCHOR = datetime(2026, 2, 15, 10, 0, 0, tzinfo=UTC)  # cycle 02-15 -> 03-15 10:00, ends in 2 s
-BOUNDARY = datetime(2026, 3, 15, 10, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> MovableClock:
-    return MovableClock(NOW)
-
-
-@pytest.fixture
-async def gw(
-    redis_url: str, upstream: RecordingUpstream, clock: MovableClock
-) -> AsyncIterator[Running]:
-    running = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock)
-    yield running
-    await running.close()
 
 
 async def customer(gw: Running, plan: str = "lite", anchor: datetime = ANCHOR) -> Customer:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from gateway.catalog.models import Price
+from tests.support.clock import ANCHOR as ANCHOR_TIME
 from tests.support.clock import MovableClock
-from tests.support.harness import Customer, Running, catalog_for, start_gateway
+from tests.support.harness import Customer, Running
 from tests.support.upstream import RecordingUpstream
 
-NOW = datetime(2026, 3, 15, 9, 59, 58, tzinfo=UTC)
-ANCHOR = "2026-02-15T10:00:00Z"  # the cycle ends 2 s into each test
+ANCHOR = ANCHOR_TIME.isoformat()  # the cycle ends 2 s into each test
 
 CONTRACT: dict[str, Any] = {
     "credits_per_cycle": 20,
@@ -26,20 +25,6 @@ CONTRACT: dict[str, Any] = {
     "overage_rate_cents_per_1k": 2500,
     "net_days": 7,
 }
-
-
-@pytest.fixture
-def clock() -> MovableClock:
-    return MovableClock(NOW)
-
-
-@pytest.fixture
-async def gw(
-    redis_url: str, upstream: RecordingUpstream, clock: MovableClock
-) -> AsyncIterator[Running]:
-    running = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock)
-    yield running
-    await running.close()
 
 
 async def enterprise(gw: Running, **terms: Any) -> Customer:
