@@ -62,7 +62,8 @@ async def proxy(request: web.Request) -> web.Response:
     admission, price = await _price_and_admit(
         gw, request, route, body, who, limits.lease_ttl_s, idempotency
     )
-    gw.metrics.leases_reclaimed.inc(admission.reclaimed)
+    if admission.reclaimed:
+        gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     if admission.code == "REPLAY" and idempotency is not None:
         return await _replay(gw, request, who, idempotency)
     tracking = _rate_headers(admission)
