@@ -22,9 +22,9 @@ from gateway.http import admin_middleware, public_middleware
 from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
 from gateway.proxy.handler import proxy
+from gateway.proxy.http1 import UpstreamClient
 from gateway.proxy.leases import InFlight, renew_forever
 from gateway.proxy.pricebooks import PriceBooks
-from gateway.proxy.upstream import new_session
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
@@ -81,7 +81,7 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public.add_routes(dashboard.routes)
     public.router.add_route("*", "/{tail:.*}", proxy)
     public.cleanup_ctx.extend(
-        [_upstream_session, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]
+        [_upstream_client, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]
     )
 
     admin_app = web.Application(middlewares=[admin_middleware])
@@ -90,9 +90,9 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     return public, admin_app
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
-    gw.http = new_session()
+    gw.http = UpstreamClient()
     yield
     await gw.http.close()
 

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from gateway.catalog.live import LiveCatalog
@@ -14,6 +13,7 @@ from gateway.catalog.models import Catalog
 from gateway.clock import Clock, to_ms
 from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
+from gateway.proxy.http1 import UpstreamClient
 from gateway.proxy.leases import InFlight
 from gateway.proxy.pricebooks import PriceBooks
 from gateway.settings import Settings
@@ -41,7 +41,7 @@ class Gateway:
     spool: Spool
     # Applied to every catalog loaded from disk (the demo points upstreams at itself).
     prepare_catalog: Callable[[Catalog], Catalog] = field(default=lambda catalog: catalog)
-    http: aiohttp.ClientSession = field(init=False)
+    http: UpstreamClient = field(init=False)
     # Set when shutdown starts: requests cancelled from then on are released, never charged.
     draining: bool = field(default=False, init=False)
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.catalog.models import Upstream
 from gateway.errors import UpstreamError, UpstreamTimeout, ValidationFailed
+from gateway.proxy.http1 import UpstreamClient, UpstreamProtocolError
 from gateway.store.ledger import Identity
 
-# RFC 9110 section 7.6.1, plus the framing headers aiohttp computes itself.
+# RFC 9110 section 7.6.1, plus the framing headers the client computes itself, and Expect:
+# the body is read whole before forwarding, so there is nothing for the upstream to continue.
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -29,7 +31,7 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "x-forwarded-for"}
+_NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "x-forwarded-for", "expect"}
 _FORBIDDEN_CHARS = ("\r", "\n", "\x00")
 
 
@@ -47,25 +49,24 @@ def request_headers(
     request_id: str,
     who: Identity,
     client_ip: str | None,
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """What the upstream sees: end-to-end headers only, no credentials, the gateway's own."""
-    dropped = _NOT_FORWARDED | _connection_tokens(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in dropped or lower.startswith("x-gateway-"):
-            continue
-        out.add(name, _clean(name, value))
+    dropped = _NOT_FORWARDED | _connection_tokens(incoming.getall("Connection", ()))
+    out = [
+        (name, _clean(name, value))
+        for name, value in incoming.items()
+        if not ((lower := name.lower()) in dropped or lower.startswith("x-gateway-"))
+    ]
     forwarded = incoming.get("X-Forwarded-For")
     if forwarded is not None:
         forwarded = _clean("X-Forwarded-For", forwarded)
     if client_ip:
         forwarded = f"{forwarded}, {client_ip}" if forwarded else client_ip
     if forwarded:
-        out["X-Forwarded-For"] = forwarded
-    out["X-Request-Id"] = request_id
-    out["X-Gateway-Account"] = who.account_id
-    out["X-Gateway-Org"] = who.org_id
+        out.append(("X-Forwarded-For", forwarded))
+    out.append(("X-Request-Id", request_id))
+    out.append(("X-Gateway-Account", who.account_id))
+    out.append(("X-Gateway-Org", who.org_id))
     return out
 
 
@@ -76,58 +77,47 @@ def _clean(name: str, value: str) -> str:
     return value
 
 
-def response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(incoming: list[tuple[str, str]]) -> CIMultiDict[str]:
     """What the client sees of the upstream's headers (the gateway adds its own after)."""
-    dropped = _HOP_BY_HOP | _connection_tokens(incoming)
-    return CIMultiDict(
-        (name, value) for name, value in incoming.items() if name.lower() not in dropped
+    dropped = _HOP_BY_HOP | _connection_tokens(
+        value for name, value in incoming if name.lower() == "connection"
     )
+    return CIMultiDict((name, value) for name, value in incoming if name.lower() not in dropped)
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    tokens = (t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(","))
+def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    tokens = (t.strip().lower() for v in values for t in v.split(","))
     return frozenset(t for t in tokens if t)
 
 
 async def forward(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     upstream: Upstream,
     *,
     method: str,
     path_qs: str,
-    headers: CIMultiDict[str],
+    headers: list[tuple[str, str]],
     body: bytes,
 ) -> UpstreamReply:
     """Send the request and read the whole answer; failures become UpstreamError/Timeout."""
-    timeout = aiohttp.ClientTimeout(
-        total=upstream.timeout_s, sock_connect=upstream.connect_timeout_s
-    )
     started = time.perf_counter()
     try:
-        async with session.request(
+        reply = await client.request(
+            upstream.url,
             method,
-            upstream.url + path_qs,
-            headers=headers,
-            data=body or None,
-            timeout=timeout,
-            allow_redirects=False,
-        ) as reply:
-            content = await reply.read()
-            return UpstreamReply(
-                reply.status,
-                response_headers(reply.headers),
-                content,
-                time.perf_counter() - started,
-            )
+            path_qs,
+            headers,
+            body,
+            timeout_s=upstream.timeout_s,
+            connect_timeout_s=upstream.connect_timeout_s,
+        )
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc
-    except (aiohttp.ClientError, OSError) as exc:
+    except (OSError, UpstreamProtocolError) as exc:
         raise UpstreamError(details={"reason": type(exc).__name__}) from exc
-
-
-def new_session() -> aiohttp.ClientSession:
-    """One pooled session for every upstream; bodies pass through still encoded."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    return UpstreamReply(
+        reply.status,
+        response_headers(reply.headers),
+        reply.body,
+        time.perf_counter() - started,
     )

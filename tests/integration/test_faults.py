@@ -320,7 +320,9 @@ def test_forwarded_headers_never_leak_credentials(pairs: list[tuple[str, str]]) 
     incoming: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(pairs))
     who = Identity("acct_a", "org_o", "key_k")
     try:
-        out = request_headers(incoming, request_id="req_1", who=who, client_ip="127.0.0.1")
+        out = CIMultiDict(
+            request_headers(incoming, request_id="req_1", who=who, client_ip="127.0.0.1")
+        )
     except ValidationFailed as exc:
         assert any(c in v for _, v in pairs for c in "\r\n\x00"), exc
         return

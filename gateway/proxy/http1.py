@@ -1,0 +1,309 @@
+"""A lean HTTP/1.1 client for upstreams: pooled keep-alive connections, one write per request
+and the reply parsed by llhttp (httptools).
+
+py-spy put aiohttp's client at a quarter of the gateway's CPU under load. A proxy needs little
+of what it does per request (cookies, redirects, tracing, URL objects, payload registry,
+timer handles), so the forwarding step uses this instead."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+# A request that failed on a reused connection before any byte of reply arrived (the upstream
+# closed it while idle) is sent once more on a fresh connection, if sending it twice is safe.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
+_LENGTH_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+# Small bodies go out in the same write as the head; big ones are not copied to join them.
+_JOIN_BELOW = 64 * 1024
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream answered with something that is not HTTP/1.x."""
+
+
+class UpstreamClosed(ConnectionError):
+    """The connection closed before the whole reply arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    host: str
+    port: int
+    tls: bool
+    host_header: str
+    base_path: str
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to an origin; it carries one exchange at a time."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.reusable = False
+        self.received = False  # any byte of the current reply arrived
+        self._reply: asyncio.Future[RawReply] | None = None
+        self._head_only = False
+        self._informational = False
+        self._until_eof = False
+        self._headers_done = False
+        self._status = 0
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+
+    def send(self, head: bytes, body: bytes, *, head_only: bool) -> asyncio.Future[RawReply]:
+        """Write one request; the future resolves with its whole reply."""
+        assert self._transport is not None
+        self._reply = asyncio.get_running_loop().create_future()
+        self._head_only = head_only
+        self.received = False
+        self._reset_message()
+        if len(body) < _JOIN_BELOW:
+            self._transport.write(head + body)
+        else:
+            self._transport.writelines((head, body))
+        return self._reply
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once: the upstream sees the caller give up."""
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self._reply is None or self._reply.done():
+            self.abort()  # bytes nobody asked for: the connection can no longer be trusted
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(str(exc) or type(exc).__name__))
+
+    def eof_received(self) -> bool | None:
+        self._end_of_stream()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._end_of_stream()
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in _LENGTH_HEADERS:
+            self._until_eof = False
+        self._headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        self._headers_done = True
+        if 100 <= self._status < 200:
+            self._informational = True  # e.g. 100 Continue: the real reply follows
+        elif self._head_only:
+            # llhttp cannot be told the request was HEAD and would wait for a body that never
+            # comes; the reply is whole now, and this connection is not reused.
+            self._finish(reusable=False)
+        elif self._status in (204, 304):
+            self._until_eof = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._reset_message()
+            return
+        self._finish(reusable=self._parser.should_keep_alive())
+
+    # internals
+
+    def _reset_message(self) -> None:
+        self._informational = False
+        self._headers_done = False
+        self._until_eof = True  # until a length header says otherwise
+        self._headers = []
+        self._body = []
+
+    def _end_of_stream(self) -> None:
+        if self._reply is None or self._reply.done():
+            return
+        if self._headers_done and self._until_eof and not self._informational:
+            self._finish(reusable=False)  # a body delimited by the end of the connection
+        else:
+            self._fail(UpstreamClosed("the upstream closed the connection mid-reply"))
+
+    def _finish(self, *, reusable: bool) -> None:
+        assert self._reply is not None
+        self.reusable = reusable and not self.closed
+        if not self._reply.done():
+            self._reply.set_result(RawReply(self._status, self._headers, b"".join(self._body)))
+
+    def _fail(self, exc: Exception) -> None:
+        self.abort()
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(exc)
+
+
+class UpstreamClient:
+    """Keep-alive pools per origin. Idle connections are reused newest first and dropped after
+    `idle_timeout_s` (as aiohttp's client does), before most servers close them."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        idle_timeout_s: float = 15.0,
+        max_idle_per_origin: int = 1024,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._idle_timeout_s = idle_timeout_s
+        self._max_idle = max_idle_per_origin
+        self._origins: dict[str, _Origin] = {}
+        self._idle: dict[_Origin, list[_Connection]] = {}
+
+    async def request(
+        self,
+        base_url: str,
+        method: str,
+        path_qs: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float,
+    ) -> RawReply:
+        """Send one request and read its whole reply, within `timeout_s` in all."""
+        origin = self._origin(base_url)
+        head = _head(origin, method, path_qs, headers, body)
+        head_only = method == "HEAD"
+        async with asyncio.timeout(timeout_s):
+            connection = self._take_idle(origin)
+            if connection is not None:
+                try:
+                    return await self._exchange(origin, connection, head, body, head_only)
+                except UpstreamClosed:
+                    if connection.received or not _replayable(method, headers):
+                        raise
+            connection = await self._connect(origin, connect_timeout_s)
+            return await self._exchange(origin, connection, head, body, head_only)
+
+    async def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+            idle.clear()
+
+    async def _exchange(
+        self, origin: _Origin, connection: _Connection, head: bytes, body: bytes, head_only: bool
+    ) -> RawReply:
+        try:
+            reply = await connection.send(head, body, head_only=head_only)
+        except BaseException:
+            connection.abort()  # timeout, cancellation or a broken reply: never reuse it
+            raise
+        idle = self._idle[origin]
+        if connection.reusable and len(idle) < self._max_idle:
+            connection.idle_since = asyncio.get_running_loop().time()
+            idle.append(connection)
+        else:
+            connection.close()
+        return reply
+
+    def _take_idle(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle[origin]
+        oldest_usable = asyncio.get_running_loop().time() - self._idle_timeout_s
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and connection.idle_since > oldest_usable:
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            _, connection = await loop.create_connection(
+                _Connection,
+                origin.host,
+                origin.port,
+                ssl=self._tls() if origin.tls else None,
+                server_hostname=origin.host if origin.tls else None,
+            )
+        return connection
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
+
+    def _origin(self, base_url: str) -> _Origin:
+        origin = self._origins.get(base_url)
+        if origin is None:
+            origin = _parse_origin(base_url)
+            self._origins[base_url] = origin
+            self._idle.setdefault(origin, [])
+        return origin
+
+
+def _parse_origin(base_url: str) -> _Origin:
+    parts = urlsplit(base_url)
+    tls = parts.scheme == "https"
+    default_port = 443 if tls else 80
+    port = parts.port or default_port
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    return _Origin(
+        host=host,
+        port=port,
+        tls=tls,
+        host_header=shown if port == default_port else f"{shown}:{port}",
+        base_path=parts.path.rstrip("/"),
+    )
+
+
+def _head(
+    origin: _Origin, method: str, path_qs: str, headers: list[tuple[str, str]], body: bytes
+) -> bytes:
+    lines = [f"{method} {origin.base_path}{path_qs} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    if body or method in _BODY_EXPECTED:
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("\r\n")
+    # Header values arrive decoded with surrogateescape: this gives back the client's bytes.
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def _replayable(method: str, headers: list[tuple[str, str]]) -> bool:
+    return method in _IDEMPOTENT or any(name.lower() == "idempotency-key" for name, _ in headers)
