@@ -8,8 +8,9 @@ from typing import Any, cast
 
 from hiredis import pack_command
 from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
+from gateway.store.resp import RespPipe, open_pipe
 from gateway.store.scripts import Script
 
 _Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]"]
@@ -18,12 +19,13 @@ _Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]"]
 class ScriptBatcher:
     """Queues script calls and flushes them as one non-transactional pipeline per loop tick.
 
-    At most `max_in_flight` pipelines are out at once; while they are, new calls gather into
-    the next, bigger one, so a burst makes fewer, larger round trips instead of a queue of
-    small ones each waiting for a connection.
+    At most `max_in_flight` batches are out at once; while they are, new calls gather into
+    the next, bigger one, so a burst makes fewer, larger round trips.
 
-    redis-py refuses EVALSHA inside a Cluster pipeline, so on a Cluster each call goes out on
-    its own (still one round trip per call, routed by its keys' slot)."""
+    On a plain Redis server the batches go out pre-packed on one pipelined connection
+    (store/resp.py), each under one timer. Other clients (memory store, Sentinel) use redis-py
+    pipelines. redis-py refuses EVALSHA inside a Cluster pipeline, so on a Cluster each call
+    goes out on its own (still one round trip per call, routed by its keys' slot)."""
 
     def __init__(
         self,
@@ -41,13 +43,13 @@ class ScriptBatcher:
         self._max_in_flight = max_in_flight
         self._pending: list[_Call] = []
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        # On a plain Redis connection pool, each pipeline in flight owns one connection for
-        # good and writes pre-packed commands on it: no pool handshake, no redis-py pipeline
-        # object per batch. Other clients (memory store, Sentinel, Cluster) use pipelines.
-        self._raw = _raw_capable(client)
-        self._connections: list[Any] = []
-        self._idle: list[Any] = []
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connection_kwargs = _plain_redis(client)
+        self._pipe: RespPipe | None = None
+        self._connecting: asyncio.Task[RespPipe] | None = None
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
         if not self._pipelined:
@@ -62,98 +64,154 @@ class ScriptBatcher:
         return await future
 
     def _schedule(self) -> None:
-        if self._pending and not self._scheduled and len(self._tasks) < self._max_in_flight:
+        if self._pending and not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
-        if not self._pending or len(self._tasks) >= self._max_in_flight:
+        if not self._pending or self._in_flight >= self._max_in_flight:
             return  # a finishing batch flushes what gathered meanwhile
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-        task = asyncio.create_task(self._send(batch))
-        # Keep a reference: the loop only holds weak ones to running tasks.
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        self._in_flight += 1
+        self._idle.clear()
+        if self._pipe is not None and not self._pipe.closed:
+            self._write(self._pipe, batch)
+        else:
+            self._spawn(self._send(batch))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._schedule()
+    def _write(self, pipe: RespPipe, batch: list[_Call]) -> None:
+        """Hot path: one write, one timer; replies come back through _Batch.resolve."""
+        packed = b"".join(
+            pack_command(cast(Any, ("EVALSHA", script.sha, len(keys), *keys, *args)))
+            for script, keys, args, _ in batch
+        )
+        out = _Batch(self, batch)
+        pipe.write(packed, [out] * len(batch))
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
+            if self._connection_kwargs is not None:
+                self._write(await self._open(), batch)
+                return
             async with asyncio.timeout(self._timeout_s):
-                replies = await self._execute(batch)
+                pipe = self._client.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
                 for (script, keys, args, future), reply in zip(batch, replies, strict=True):
                     if isinstance(reply, NoScriptError):
-                        # A restarted server lost its script cache: EVAL sends the body once.
                         reply = await self._client.eval(script.body, len(keys), *keys, *args)
                     _resolve(future, reply)
         except Exception as exc:
             for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+                _resolve(future, exc)
+        self._batch_done()
 
-    async def _execute(self, batch: list[_Call]) -> list[Any]:
-        if self._raw:
-            return await self._execute_raw(batch)
-        pipe = self._client.pipeline(transaction=False)
-        for script, keys, args, _ in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
-
-    async def _execute_raw(self, batch: list[_Call]) -> list[Any]:
-        if self._idle:
-            connection = self._idle.pop()
-        else:
-            connection = await self._client.connection_pool.get_connection()
-            self._connections.append(connection)
-        try:
-            packed = b"".join(
-                pack_command(cast(Any, ("EVALSHA", script.sha, len(keys), *keys, *args)))
-                for script, keys, args, _ in batch
+    async def _open(self) -> RespPipe:
+        """The pipelined connection, opened once for every batch that waits on it."""
+        if self._connecting is None:
+            assert self._connection_kwargs is not None
+            self._connecting = asyncio.create_task(
+                open_pipe(self._connection_kwargs, self._timeout_s)
             )
-            await connection.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:  # e.g. NOSCRIPT: that reply is fully read
-                    replies.append(error)
-        except BaseException:
-            # Replies may be left unread: this connection starts afresh next time.
-            await connection.disconnect(nowait=True)
-            raise
+        connecting = self._connecting
+        try:
+            self._pipe = await asyncio.shield(connecting)
         finally:
-            self._idle.append(connection)
-        return replies
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        return self._pipe
+
+    def _eval_later(self, call: _Call) -> None:
+        """A restarted server lost its script cache: EVAL sends the body once."""
+        script, keys, args, future = call
+
+        async def evaluate() -> None:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    reply = await self._client.eval(script.body, len(keys), *keys, *args)
+            except Exception as exc:
+                reply = exc
+            _resolve(future, reply)
+
+        self._spawn(evaluate())
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        # Keep a reference: the loop only holds weak ones to running tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _batch_done(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+        self._schedule()
 
     async def aclose(self) -> None:
         """Wait for batches already sent and queued, so that no settle is lost at shutdown."""
-        while self._pending or self._tasks:
+        while self._pending or self._in_flight or self._tasks:
             self._flush()
+            await self._idle.wait()
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        for connection in self._connections:
-            await self._client.connection_pool.release(connection)
-        self._connections.clear()
-        self._idle.clear()
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
 
-def _raw_capable(client: Any) -> bool:
+class _Batch:
+    """One batch on the pipe. Its replies arrive in order, one per call; a timer bounds the
+    wait for all of them. A call that timed out still has its reply read, and dropped."""
+
+    __slots__ = ("_calls", "_done", "_next", "_owner", "_timer")
+
+    def __init__(self, owner: ScriptBatcher, calls: list[_Call]) -> None:
+        self._owner = owner
+        self._calls = calls
+        self._next = 0
+        self._done = False
+        self._timer = asyncio.get_running_loop().call_later(owner._timeout_s, self._expire)
+
+    def resolve(self, reply: Any) -> None:
+        call = self._calls[self._next]
+        self._next += 1
+        if isinstance(reply, NoScriptError):
+            self._owner._eval_later(call)
+        else:
+            _resolve(call[3], reply)
+        if self._next == len(self._calls):
+            self._timer.cancel()
+            self._finish()
+
+    def _expire(self) -> None:
+        for *_, future in self._calls[self._next :]:
+            _resolve(future, TimeoutError())
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._owner._batch_done()
+
+
+def _plain_redis(client: Any) -> dict[str, Any] | None:
+    """The connection settings of a plain TCP Redis pool; None for any other client."""
     pool = getattr(client, "connection_pool", None)
-    return (
+    if (
         pool is not None
         and type(pool) in (ConnectionPool, BlockingConnectionPool)
         and pool.connection_class is Connection
-    )
+    ):
+        return cast(dict[str, Any], pool.connection_kwargs)
+    return None
 
 
 def _resolve(future: asyncio.Future[Any], reply: Any) -> None:
-    if future.done():  # the caller was cancelled meanwhile
+    if future.done():  # the caller was cancelled meanwhile, or its batch timed out
         return
-    if isinstance(reply, Exception):
+    if isinstance(reply, BaseException):
         future.set_exception(reply)
     else:
         future.set_result(reply)

@@ -1,0 +1,96 @@
+"""One pipelined RESP connection for the hot path's scripts on a plain Redis server.
+
+Batches are written back to back and never wait for a connection; replies are parsed by hiredis
+as they arrive and handed out in order. No reader task, no per-reply coroutine: py-spy showed
+redis-py's read loop as the largest store cost left once batches were pre-packed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Protocol, cast
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+
+class Waiter(Protocol):
+    """Whoever waits for a reply; an error reply or a lost connection comes as an exception."""
+
+    def resolve(self, reply: Any) -> None: ...
+
+
+class RespPipe(asyncio.Protocol):
+    """A connection whose replies go, in order, to the waiters queued with each command."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
+        self._transport: asyncio.Transport | None = None
+        self._waiting: deque[Waiter] = deque()
+        self.closed = False
+
+    def write(self, packed: bytes, waiters: list[Waiter]) -> None:
+        """Send packed commands; `waiters` get their replies, one each, in the same order."""
+        if self.closed or self._transport is None:
+            raise RedisConnectionError("the script connection is closed")
+        self._waiting.extend(waiters)
+        self._transport.write(packed)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                reply = NoScriptError(str(reply))
+            self._waiting.popleft().resolve(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        lost = RedisConnectionError(f"script connection lost: {exc or 'closed by the server'}")
+        while self._waiting:
+            self._waiting.popleft().resolve(lost)
+
+
+class _Reply:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def resolve(self, reply: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(reply)
+
+
+async def open_pipe(settings: dict[str, Any], timeout_s: float) -> RespPipe:
+    """Connect and authenticate as redis-py would with the same pool settings."""
+    handshake: list[tuple[str | int, ...]] = []
+    if settings.get("password"):
+        user = settings.get("username")
+        credentials = (user, settings["password"]) if user else (settings["password"],)
+        handshake.append(("AUTH", *credentials))
+    if settings.get("db"):
+        handshake.append(("SELECT", settings["db"]))
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout_s):
+        _, pipe = await loop.create_connection(
+            RespPipe, settings.get("host", "localhost"), settings.get("port", 6379)
+        )
+        try:
+            for command in handshake:
+                waiter = _Reply()
+                pipe.write(hiredis.pack_command(cast(Any, command)), [waiter])
+                if isinstance(answer := await waiter.future, Exception):
+                    raise answer
+        except BaseException:
+            pipe.close()
+            raise
+    return pipe
