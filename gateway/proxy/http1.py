@@ -85,6 +85,10 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def expire(self) -> None:
+        """The request's time is up: fail it (TimeoutError) and drop the connection."""
+        self._fail(TimeoutError())
+
     def abort(self) -> None:
         """Drop the connection at once: the upstream sees the caller give up."""
         self.closed = True
@@ -204,20 +208,23 @@ class UpstreamClient:
         timeout_s: float,
         connect_timeout_s: float,
     ) -> RawReply:
-        """Send one request and read its whole reply, within `timeout_s` in all."""
+        """Send one request and read its whole reply, within `timeout_s` in all (connecting
+        included, which alone may take at most `connect_timeout_s`)."""
         origin = self._origin(base_url)
         head = _head(origin, method, path_qs, headers, body)
         head_only = method == "HEAD"
-        async with asyncio.timeout(timeout_s):
-            connection = self._take_idle(origin)
-            if connection is not None:
-                try:
-                    return await self._exchange(origin, connection, head, body, head_only)
-                except UpstreamClosed:
-                    if connection.received or not _replayable(method, headers):
-                        raise
-            connection = await self._connect(origin, connect_timeout_s)
-            return await self._exchange(origin, connection, head, body, head_only)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        connection = self._take_idle(origin)
+        if connection is not None:
+            try:
+                return await self._exchange(origin, connection, head, body, head_only, deadline)
+            except UpstreamClosed:
+                if connection.received or not _replayable(method, headers):
+                    raise
+        async with asyncio.timeout_at(min(deadline, loop.time() + connect_timeout_s)):
+            connection = await self._connect(origin)
+        return await self._exchange(origin, connection, head, body, head_only, deadline)
 
     async def close(self) -> None:
         for idle in self._idle.values():
@@ -226,13 +233,24 @@ class UpstreamClient:
             idle.clear()
 
     async def _exchange(
-        self, origin: _Origin, connection: _Connection, head: bytes, body: bytes, head_only: bool
+        self,
+        origin: _Origin,
+        connection: _Connection,
+        head: bytes,
+        body: bytes,
+        head_only: bool,
+        deadline: float,
     ) -> RawReply:
+        loop = asyncio.get_running_loop()
+        # One timer handle per request: cheaper than an asyncio.timeout context on this path.
+        timer = loop.call_at(deadline, connection.expire)
         try:
             reply = await connection.send(head, body, head_only=head_only)
         except BaseException:
             connection.abort()  # timeout, cancellation or a broken reply: never reuse it
             raise
+        finally:
+            timer.cancel()
         idle = self._idle[origin]
         if connection.reusable and len(idle) < self._max_idle:
             connection.idle_since = asyncio.get_running_loop().time()
@@ -251,16 +269,14 @@ class UpstreamClient:
             connection.close()
         return None
 
-    async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout_s):
-            _, connection = await loop.create_connection(
-                _Connection,
-                origin.host,
-                origin.port,
-                ssl=self._tls() if origin.tls else None,
-                server_hostname=origin.host if origin.tls else None,
-            )
+    async def _connect(self, origin: _Origin) -> _Connection:
+        _, connection = await asyncio.get_running_loop().create_connection(
+            _Connection,
+            origin.host,
+            origin.port,
+            ssl=self._tls() if origin.tls else None,
+            server_hostname=origin.host if origin.tls else None,
+        )
         return connection
 
     def _tls(self) -> ssl.SSLContext:
