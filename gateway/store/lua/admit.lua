@@ -92,10 +92,15 @@ for _, id in ipairs(expired) do
 end
 if reclaimed > 0 then
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if released > 0 then
-    held = redis.call('HINCRBY', account, 'held', -released)
-    remaining = allocation - used - held
-  end
+  held = held - released
+  remaining = allocation - used - held
+end
+
+-- The account's counters change in one HSET per outcome: every redis.call costs the script
+-- about as much as the command itself. `held` is rewritten as read (or less what was
+-- reclaimed); nothing else can touch it while the script runs.
+local function save(...)
+  redis.call('HSET', account, 'held', string.format('%d', held), ...)
 end
 
 -- 2. Fixed one-second window, shared by every org of the account.
@@ -103,22 +108,25 @@ local second = math.floor(now / 1000)
 local count = 0
 if tonumber(f[7]) == second then count = tonumber(f[8]) end
 if count >= rps then
+  if released > 0 then save() end
   return {'RATE_LIMIT_EXCEEDED', rps, 0, limit, 0, remaining, reclaimed}
 end
 count = count + 1
-redis.call('HSET', account, 'rate_sec', second, 'rate_count', count)
 if price < 0 then
+  save('rate_sec', second, 'rate_count', count)
   return {'OK', rps, rps - count, limit, 0, remaining, reclaimed}
 end
 
 -- 3. Concurrency lease.
 local current = redis.call('ZCARD', leases)
 if current >= limit then
+  save('rate_sec', second, 'rate_count', count)
   return {'CONCURRENT_LIMIT_EXCEEDED', rps, rps - count, limit, current, remaining, reclaimed}
 end
 
 -- 4. Credit hold; enterprise contracts with overage are never refused for credits.
 if price > remaining and f[9] ~= '1' then
+  save('rate_sec', second, 'rate_count', count)
   return {'INSUFFICIENT_CREDITS', rps, rps - count, limit, current, remaining, reclaimed}
 end
 redis.call('ZADD', leases, now + ttl, request_id)
@@ -127,5 +135,6 @@ if idempotent then
   redis.call('HSET', KEYS[4], 'state', 'inflight', 'hash', ARGV[9], 'request', request_id)
   redis.call('EXPIRE', KEYS[4], ARGV[10])
 end
-held = redis.call('HINCRBY', account, 'held', price)
+held = held + price
+save('rate_sec', second, 'rate_count', count)
 return {'OK', rps, rps - count, limit, current + 1, allocation - used - held, reclaimed}
