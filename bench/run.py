@@ -3,9 +3,13 @@
 1. the upstream directly, 2. nginx with proxy_pass, 3. a bare aiohttp reverse proxy (the
 baseline), 4. gateway with full metering, 1 worker and 2 workers, on a private redis-server;
 
-at 64 connections and at 1 connection, reporting req/s, p50, p99, the ratio to the bare proxy
-and Redis commands per request (INFO commandstats). Then many concurrent slow requests (the
-upstream sleeps 2 s) held by one gateway process: errors and resident memory per request.
+at 64 connections and at 1 connection, reporting req/s, p50, p99, the ratio to the bare proxy,
+CPU time per request of the proxy's processes (and of Redis), and Redis commands per request
+(INFO commandstats). The targets take turns for BENCH_ROUNDS rounds and each figure is the
+median of its rounds: this box is shared and its speed drifts by tens of percent within
+minutes, which one run per target would read as a difference between targets. Then many
+concurrent slow requests (the upstream sleeps 2 s) held by one gateway process: errors and
+resident memory per request.
 
 Writes bench/results/latest.json and prints a table. Speed is reported, never asserted; the run
 fails only on its sanity checks: every response 200, credits charged = requests x price."""
@@ -19,6 +23,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +41,7 @@ from tests.support.redis_server import RedisServer, free_port  # noqa: E402
 
 PY = sys.executable
 DURATION = os.environ.get("BENCH_DURATION", "8s")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 # 10,000 in flight needs 20,000 sockets in the gateway (client + upstream side); this sandbox's
 # hard limit on open files is 20,000, so the default stays just under it.
 SLOW_REQUESTS = int(os.environ.get("BENCH_SLOW_REQUESTS", "9900"))
@@ -154,23 +160,29 @@ def commandstats(port: int) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_(\S+):calls=(\d+)", out)}
 
 
+def family(pid: int) -> list[int]:
+    """A process and its children (the workers of a supervisor)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *map(int, children.split())]
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of a process and its children (workers), in KB."""
     total = 0
-    pids = [
-        pid,
-        *map(
-            int,
-            subprocess.run(
-                ["pgrep", "-P", str(pid)], capture_output=True, text=True
-            ).stdout.split(),
-        ),
-    ]
-    for p in pids:
+    for p in family(pid):
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes."""
+    ticks = 0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def hold_many(url: str, key: str, count: int, gateway_pid: int) -> dict[str, Any]:
@@ -219,6 +231,45 @@ async def hold_many(url: str, key: str, count: int, gateway_pid: int) -> dict[st
         "gateway_rss_peak_kb": peak,
         "kb_per_in_flight_request": round((peak - idle) / count, 2),
     }
+
+
+def measure(
+    name: str, url: str, connections: int, key: str, pid: int, redis_server: RedisServer
+) -> dict[str, Any]:
+    """One wrk run, with the CPU the target (and Redis) spent per request during it."""
+    subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), "config", "resetstat"],
+        check=True,
+        capture_output=True,
+    )
+    pids = family(pid)
+    redis_pid = [redis_server.process.pid]
+    before, redis_before = cpu_s(pids), cpu_s(redis_pid)
+    run = wrk(url, connections, key)
+    run["cpu_us_per_request"] = round((cpu_s(pids) - before) / run["requests"] * 1e6, 1)
+    run["redis_cpu_us_per_request"] = round(
+        (cpu_s(redis_pid) - redis_before) / run["requests"] * 1e6, 1
+    )
+    if name.startswith("gateway"):
+        stats = commandstats(redis_server.port)
+        stats.pop("config|resetstat", None)
+        run["redis_calls_per_request"] = {
+            cmd: round(n / run["requests"], 3) for cmd, n in sorted(stats.items())
+        }
+    return run
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the rounds; counts are summed, the rounds kept."""
+    out: dict[str, Any] = {"rounds": runs}
+    for field in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "redis_cpu_us_per_request"):
+        out[field] = statistics.median(run[field] for run in runs)
+    out["requests"] = sum(run["requests"] for run in runs)
+    out["non_2xx"] = sum(run["non_2xx"] for run in runs)
+    out["socket_errors"] = [run["socket_errors"] for run in runs if run["socket_errors"]]
+    if "redis_calls_per_request" in runs[-1]:
+        out["redis_calls_per_request"] = runs[-1]["redis_calls_per_request"]
+    return out
 
 
 class Stack:
@@ -319,21 +370,20 @@ def main() -> int:
         used_before = admin(gw1_admin, f"/admin/accounts/{account['id']}", method="GET")["credits"][
             "used"
         ]
+        procs = {
+            "upstream": stack.procs[0].pid,
+            "bare_proxy": stack.procs[1].pid,
+            "nginx": stack.procs[2].pid,
+            **{name: proc.pid for name, proc in gateways.items()},
+        }
+        rounds: dict[str, list[dict[str, Any]]] = {}
         for connections in (64, 1):
-            for name, url in targets.items():
-                subprocess.run(
-                    ["redis-cli", "-p", str(redis_server.port), "config", "resetstat"],
-                    check=True,
-                    capture_output=True,
-                )
-                run = wrk(url, connections, key)
-                if name.startswith("gateway"):
-                    stats = commandstats(redis_server.port)
-                    stats.pop("config|resetstat", None)
-                    run["redis_calls_per_request"] = {
-                        cmd: round(n / run["requests"], 3) for cmd, n in sorted(stats.items())
-                    }
-                results["runs"][f"{name}@{connections}"] = run
+            for _ in range(ROUNDS):
+                for name, url in targets.items():
+                    rounds.setdefault(f"{name}@{connections}", []).append(
+                        measure(name, url, connections, key, procs[name], redis_server)
+                    )
+        results["runs"] = {label: median_run(runs) for label, runs in rounds.items()}
         used = (
             admin(gw1_admin, f"/admin/accounts/{account['id']}", method="GET")["credits"]["used"]
             - used_before
@@ -341,7 +391,7 @@ def main() -> int:
         counted = sum(r["requests"] for n, r in results["runs"].items() if n.startswith("gateway"))
         # wrk stops counting at its deadline with up to one request per connection in flight;
         # the gateway completes (and charges) those, so exactly that much slack is allowed.
-        slack = 2 * (64 + 1) * PRICE
+        slack = ROUNDS * 2 * (64 + 1) * PRICE
         results["sanity"] = {
             "all_200": all(
                 r["non_2xx"] == 0 and not r["socket_errors"] for r in results["runs"].values()
@@ -362,15 +412,29 @@ def main() -> int:
         for name in ("upstream", "nginx", "bare_proxy", "gateway_1w", "gateway_2w"):
             run = results["runs"][f"{name}@{c}"]
             run["ratio_to_bare"] = round(run["rps"] / bare_run["rps"], 3)
+            # The same round's bare run ran minutes apart at most: its ratio is the paired one.
+            run["ratio_to_bare_per_round"] = [
+                round(mine["rps"] / bare["rps"], 3)
+                for mine, bare in zip(run["rounds"], bare_run["rounds"], strict=True)
+            ]
             run["added_p99_ms"] = round(run["p99_ms"] - bare_run["p99_ms"], 3)
+            run["cpu_ratio_to_bare"] = round(
+                run["cpu_us_per_request"] / bare_run["cpu_us_per_request"], 3
+            )
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
-    print(f"{'target':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}{'+p99 ms':>9}")
+    print(f"medians of {ROUNDS} rounds of {DURATION} per target")
+    print(
+        f"{'target':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}{'+p99 ms':>9}"
+        f"{'cpu us/req':>12}{'redis us':>10}  x bare per round"
+    )
     for name, run in results["runs"].items():
         print(
             f"{name:<18}{run['rps']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
             f"{run['ratio_to_bare']:>8.2f}{run['added_p99_ms']:>9.2f}"
+            f"{run['cpu_us_per_request']:>12.0f}{run['redis_cpu_us_per_request']:>10.0f}"
+            f"  {run['ratio_to_bare_per_round']}"
         )
     for name, run in results["runs"].items():
         if "redis_calls_per_request" in run:
