@@ -66,10 +66,7 @@ async def proxy(request: web.Request) -> web.Response:
         gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     if admission.code == "REPLAY" and idempotency is not None:
         return await _replay(gw, request, who, idempotency)
-    tracking = _rate_headers(admission)
-    if price is not None:
-        tracking.update(_concurrency_headers(admission))
-        tracking.update(_credit_headers(0, admission.credits_remaining))
+    tracking = _tracking_headers(admission, metered=price is not None)
     request[TRACKING] = tracking
     if not admission.admitted:
         raise _refusal(admission, price)
@@ -135,15 +132,14 @@ async def proxy(request: web.Request) -> web.Response:
             remaining=admission.credits_remaining,
             idempotency=idempotency,
             # Only a request with an Idempotency-Key has a response worth keeping.
-            keep=_keepable(
-                reply, {**tracking, **_credit_headers(price, admission.credits_remaining)}
-            )
+            keep=_keepable(reply, tracking, price, admission.credits_remaining)
             if idempotency is not None
             else "-",
         )
     gw.metrics.per_route(route.name).upstream_duration.observe(reply.seconds)
     request[UPSTREAM_SECONDS] = reply.seconds
-    tracking.update(_credit_headers(settled.charged, settled.credits_remaining))
+    tracking["X-Credits-Charged"] = str(settled.charged)
+    tracking["X-Credits-Remaining"] = str(settled.credits_remaining)
     request[OUTCOME] = (
         "upstream_error" if not _success(reply) else "charged" if settled.charged else "free"
     )
@@ -238,8 +234,10 @@ def _idempotency(request: web.Request, body: bytes, longest_s: float) -> Idempot
     return Idempotency(hashlib.sha256(key.encode()).hexdigest(), asked, math.ceil(longest_s))
 
 
-def _keepable(reply: UpstreamReply, headers: dict[str, str]) -> str:
-    """The response as a retry will get it: status, headers and body (base64)."""
+def _keepable(reply: UpstreamReply, tracking: dict[str, str], price: int, remaining: int) -> str:
+    """The response as a retry will get it (status, headers and body in base64), with the
+    tracking headers of this request as charged."""
+    headers = {**tracking, "X-Credits-Charged": str(price), "X-Credits-Remaining": str(remaining)}
     kept = [[name, value] for name, value in reply.headers.items()]
     kept += [[name, value] for name, value in headers.items()]
     return json.dumps(
@@ -285,28 +283,23 @@ def _respond(reply: UpstreamReply, tracking: dict[str, str]) -> web.Response:
     return web.Response(status=reply.status, body=reply.body, headers=headers)
 
 
-def _rate_headers(admission: Admission) -> dict[str, str]:
-    return {
+def _tracking_headers(admission: Admission, *, metered: bool) -> dict[str, str]:
+    """SPEC 4's headers as admission leaves them; settlement sets the credit pair again."""
+    headers = {
         "X-RateLimit-Limit": str(admission.rps_limit),
         "X-RateLimit-Remaining": str(max(0, admission.rps_remaining)),
     }
-
-
-def _concurrency_headers(admission: Admission) -> dict[str, str]:
-    limit, current = admission.concurrency_limit, admission.concurrency_current
-    values = {
-        "Limit": str(limit),
-        "Current": str(current),
-        "Remaining": str(max(0, limit - current)),
-    }
-    # cloro's docs say X-Concurrent-*, its OpenAPI says X-Concurrency-*: send both.
-    headers = {f"X-Concurrent-{name}": value for name, value in values.items()}
-    headers.update({f"X-Concurrency-{name}": value for name, value in values.items()})
+    if metered:
+        limit = str(admission.concurrency_limit)
+        current = str(admission.concurrency_current)
+        left = str(max(0, admission.concurrency_limit - admission.concurrency_current))
+        # cloro's docs say X-Concurrent-*, its OpenAPI says X-Concurrency-*: send both.
+        headers["X-Concurrent-Limit"] = headers["X-Concurrency-Limit"] = limit
+        headers["X-Concurrent-Current"] = headers["X-Concurrency-Current"] = current
+        headers["X-Concurrent-Remaining"] = headers["X-Concurrency-Remaining"] = left
+        headers["X-Credits-Charged"] = "0"
+        headers["X-Credits-Remaining"] = str(admission.credits_remaining)
     return headers
-
-
-def _credit_headers(charged: int, remaining: int) -> dict[str, str]:
-    return {"X-Credits-Charged": str(charged), "X-Credits-Remaining": str(remaining)}
 
 
 def _refusal(admission: Admission, price: int | None) -> GatewayError:
