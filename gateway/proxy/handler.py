@@ -59,9 +59,24 @@ async def proxy(request: web.Request) -> web.Response:
     request_id = request[REQUEST_ID]
     upstream = snapshot.catalog.upstreams[route.upstream]
     idempotency = _idempotency(request, body, upstream.timeout_s + limits.lease_ttl_s)
-    admission, price = await _price_and_admit(
-        gw, request, route, body, who, limits.lease_ttl_s, idempotency
-    )
+    try:
+        admission, price = await _price_and_admit(
+            gw, request, route, body, who, limits.lease_ttl_s, idempotency
+        )
+    except asyncio.CancelledError:
+        # The client hung up while its admit script was on its way: the script still runs, so
+        # release what it may take. Settle is idempotent, and it goes out after the admit on
+        # the same pipelined connection, so it finds the lease if there is one.
+        await _settle(
+            gw,
+            request,
+            who,
+            charge=False,
+            status=499,
+            started=time.perf_counter(),
+            idempotency=idempotency,
+        )
+        raise
     if admission.reclaimed:
         gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     if admission.code == "REPLAY" and idempotency is not None:

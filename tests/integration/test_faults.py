@@ -130,6 +130,31 @@ async def test_a_client_that_hangs_up_frees_its_slot_at_once(
     ) in text
 
 
+async def test_a_client_that_hangs_up_during_admission_leaves_nothing_held(
+    gateway: Running, upstream: RecordingUpstream, redis_url: str
+) -> None:
+    c = await gateway.new_customer("five")
+    headers = {"Authorization": f"Bearer {c.key}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.public + FLAT, headers=headers) as reply:
+            assert reply.status == 200  # key and prices now cached: the next call is admit
+        before = await account_state(redis_url, c.account_id, c.org_id)
+        observer = aioredis.Redis.from_url(redis_url)
+        try:
+            # Redis holds every command for 0.4 s (within the store's 0.8 s deadline), so the
+            # client gives up while its admit script is still on its way.
+            await observer.execute_command("CLIENT", "PAUSE", "400", "ALL")
+            task = asyncio.create_task(http.post(gateway.public + FLAT, headers=headers))
+            await asyncio.sleep(0.15)
+            task.cancel()
+            await asyncio.sleep(0.6)  # the pause ends; the admit runs, and what it took returns
+        finally:
+            await observer.aclose()
+    assert await account_state(redis_url, c.account_id, c.org_id) == before
+    assert before == {"used": 10, "held": 0, "leases": 0}
+    assert len(upstream.requests) == 1  # the abandoned request never reached the upstream
+
+
 # ------------------------------------------------------------------------ store outages
 
 
