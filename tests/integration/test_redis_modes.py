@@ -1,12 +1,16 @@
-"""The whole gateway on a real Redis Cluster and on a Sentinel-managed primary."""
+"""The whole gateway on a real Redis Cluster, on a Sentinel-managed primary, and on a server
+that asks for a password (with a database other than 0)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
 
+import redis.asyncio as aioredis
+
 from tests.support.harness import catalog_for, start_gateway
 from tests.support.redis_sentinel import MASTER, RedisSentinel
+from tests.support.redis_server import RedisServer
 from tests.support.upstream import RecordingUpstream
 
 
@@ -64,3 +68,43 @@ async def test_sentinel_managed_primary_serves_requests(upstream: RecordingUpstr
             await gw.close()
     finally:
         sentinel.stop()
+
+
+async def test_a_password_and_a_database_number_reach_the_pipelined_connection(
+    upstream: RecordingUpstream,
+) -> None:
+    # The scripts travel on the gateway's own pipelined connection (store/resp.py), which
+    # must authenticate and select the database as redis-py's pool does.
+    server = RedisServer(password="s3cret").start()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/2"
+        gw = await start_gateway(url, catalog_for(upstream.url))
+        try:
+            c = await gw.new_customer()
+            # The first calls find the scripts unknown and fall back to EVAL through redis-py;
+            # from then on EVALSHA goes over the pipelined connection.
+            for _ in range(3):
+                status, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+                assert status == 200 and headers["X-Credits-Charged"] == "10"
+        finally:
+            await gw.close()
+        account = f"gw:{{acct:{c.account_id}}}:account"
+        for db, used in ((2, "30"), (0, None)):  # nothing landed in database 0
+            observer = aioredis.Redis.from_url(
+                f"redis://:s3cret@127.0.0.1:{server.port}/{db}", decode_responses=True
+            )
+            try:
+                assert await observer.hget(account, "used") == used
+            finally:
+                await observer.aclose()
+
+        wrong = await start_gateway(
+            f"redis://:wrong@127.0.0.1:{server.port}/2", catalog_for(upstream.url)
+        )
+        try:
+            status, _, body = await wrong.call("POST", "/v1/monitor/flat", c.key)
+            assert status == 503 and body["error"]["code"] == "SERVICE_UNAVAILABLE"
+        finally:
+            await wrong.close()
+    finally:
+        server.stop()

@@ -25,6 +25,7 @@ class RedisServer:
 
     port: int = field(default_factory=free_port)
     extra_args: tuple[str, ...] = ()
+    password: str | None = None
     process: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gw-redis-")))
 
@@ -49,13 +50,14 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *(("--requirepass", self.password) if self.password else ()),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         while True:
             try:
                 client.ping()
@@ -69,7 +71,7 @@ class RedisServer:
         return self
 
     def flush(self) -> None:
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         client.flushall()
         client.close()
 
