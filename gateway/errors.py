@@ -145,10 +145,14 @@ class ConfigRejected(GatewayError):
 
 
 class StoreError(Exception):
-    """The store could not be reached or answered nonsense; mapped to ServiceUnavailable."""
+    """The store could not be reached or answered nonsense; mapped to ServiceUnavailable.
 
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+    `maybe_applied`: the command may have been sent, so it may still run (a timeout, a
+    connection lost mid-call); False only when it surely never left the process."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, maybe_applied: bool = True) -> None:
         self.retry_after_s = retry_after_s
+        self.maybe_applied = maybe_applied
         super().__init__(message)
 
 

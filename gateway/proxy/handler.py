@@ -77,6 +77,22 @@ async def proxy(request: web.Request) -> web.Response:
             idempotency=idempotency,
         )
         raise
+    except StoreError as exc:
+        if exc.maybe_applied:
+            # A hung store may still run the admit once it wakes: the spool releases what it
+            # took as soon as the store answers again, instead of after the lease TTL.
+            gw.spool.add(
+                who,
+                _order(
+                    gw,
+                    request,
+                    charge=False,
+                    status=503,
+                    started=time.perf_counter(),
+                    idempotency=idempotency,
+                ),
+            )
+        raise
     if admission.reclaimed:
         gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     if admission.code == "REPLAY" and idempotency is not None:
@@ -213,16 +229,15 @@ async def _settle(
     """Settle once; if the store cannot be reached, spool the settlement to disk for replay.
     `remaining` is the balance after this request's hold, as admission reported it; `keep` is
     the response a retry with the same Idempotency-Key gets ("-": none, the key frees)."""
-    order: SettleOrder = {
-        "request_id": request[REQUEST_ID],
-        "now_ms": gw.now_ms(),
-        "charge": charge,
-        "route": request[ROUTE],
-        "status": status,
-        "latency_ms": int((time.perf_counter() - started) * 1000),
-        "idempotency_key": idempotency.key_hash if idempotency else "",
-        "response": keep if charge else "-",
-    }
+    order = _order(
+        gw,
+        request,
+        charge=charge,
+        status=status,
+        started=started,
+        idempotency=idempotency,
+        keep=keep,
+    )
     try:
         return await gw.ledger.settle(who, order)
     except StoreError:
@@ -233,6 +248,28 @@ async def _settle(
             charged=price if charge else 0,
             credits_remaining=remaining if charge else remaining + price,
         )
+
+
+def _order(
+    gw: Gateway,
+    request: web.Request,
+    *,
+    charge: bool,
+    status: int,
+    started: float,
+    idempotency: Idempotency | None = None,
+    keep: str = "-",
+) -> SettleOrder:
+    return {
+        "request_id": request[REQUEST_ID],
+        "now_ms": gw.now_ms(),
+        "charge": charge,
+        "route": request[ROUTE],
+        "status": status,
+        "latency_ms": int((time.perf_counter() - started) * 1000),
+        "idempotency_key": idempotency.key_hash if idempotency else "",
+        "response": keep if charge else "-",
+    }
 
 
 def _idempotency(request: web.Request, body: bytes, longest_s: float) -> Idempotency | None:

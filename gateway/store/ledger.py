@@ -111,7 +111,11 @@ class Ledger:
         if not self.breaker.allow():
             close_unawaited(awaitable)
             self._errors[op].inc()
-            raise StoreError(f"{op}: circuit open", retry_after_s=self.breaker.retry_after_s())
+            raise StoreError(
+                f"{op}: circuit open",
+                retry_after_s=self.breaker.retry_after_s(),
+                maybe_applied=False,
+            )
         started = time.perf_counter()
         try:
             if deadline:

@@ -196,6 +196,38 @@ async def test_store_down_fails_closed_fast_and_comes_back(
         await gw.close()
 
 
+async def test_an_admission_that_timed_out_on_a_hung_store_gives_back_what_it_took(
+    upstream: RecordingUpstream,
+) -> None:
+    server = RedisServer().start()
+    gw = await start_gateway(server.url, catalog_for(upstream.url))
+    try:
+        assert server.process is not None
+        c = await gw.new_customer("five")
+        assert (await gw.call("POST", FLAT, c.key))[0] == 200  # key and scripts now known
+        before = await account_state(server.url, c.account_id, c.org_id)
+        server.process.send_signal(signal.SIGSTOP)  # hung, not gone: the admit sits in its socket
+        try:
+            started = time.monotonic()
+            status, _, body = await gw.call("POST", FLAT, c.key)
+            assert status == 503 and body["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert time.monotonic() - started < 1.5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        # The store wakes up and runs the admit nobody waits for any more; its lease and hold
+        # are given back at once, not after the lease TTL.
+        deadline = time.monotonic() + 5
+        while await account_state(server.url, c.account_id, c.org_id) != before:
+            assert time.monotonic() < deadline, "the timed-out admission kept its lease"
+            await asyncio.sleep(0.1)
+        status, headers, _ = await gw.call("POST", FLAT, c.key)
+        assert status == 200 and headers["X-Concurrent-Current"] == "1"
+        assert len(upstream.requests) == 2
+    finally:
+        await gw.close()
+        server.stop()
+
+
 async def test_a_success_whose_settle_cannot_land_is_spooled_and_charged_once(
     durable_redis: RedisServer, upstream: RecordingUpstream
 ) -> None:
