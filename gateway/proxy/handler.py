@@ -59,40 +59,9 @@ async def proxy(request: web.Request) -> web.Response:
     request_id = request[REQUEST_ID]
     upstream = snapshot.catalog.upstreams[route.upstream]
     idempotency = _idempotency(request, body, upstream.timeout_s + limits.lease_ttl_s)
-    try:
-        admission, price = await _price_and_admit(
-            gw, request, route, body, who, limits.lease_ttl_s, idempotency
-        )
-    except asyncio.CancelledError:
-        # The client hung up while its admit script was on its way: the script still runs, so
-        # release what it may take. Settle is idempotent, and it goes out after the admit on
-        # the same pipelined connection, so it finds the lease if there is one.
-        await _settle(
-            gw,
-            request,
-            who,
-            charge=False,
-            status=499,
-            started=time.perf_counter(),
-            idempotency=idempotency,
-        )
-        raise
-    except StoreError as exc:
-        if exc.maybe_applied:
-            # A hung store may still run the admit once it wakes: the spool releases what it
-            # took as soon as the store answers again, instead of after the lease TTL.
-            gw.spool.add(
-                who,
-                _order(
-                    gw,
-                    request,
-                    charge=False,
-                    status=503,
-                    started=time.perf_counter(),
-                    idempotency=idempotency,
-                ),
-            )
-        raise
+    admission, price = await _price_and_admit(
+        gw, request, route, body, who, limits.lease_ttl_s, idempotency
+    )
     if admission.reclaimed:
         gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     if admission.code == "REPLAY" and idempotency is not None:
@@ -189,28 +158,61 @@ async def _price_and_admit(
     idempotency: Idempotency | None,
 ) -> tuple[Admission, int | None]:
     """Price with the account's price book, then admit. The script may ask to renew the
-    account first (its cycle ended) or to price again (its contract changed): then retry."""
-    for _ in range(3):
-        version, book = await gw.pricebooks.get(who.account_id)
-        price_rule = route_price(route, book, gw.clock())
-        price = None if price_rule is None else price_of(price_rule, body)
-        admission = await gw.ledger.admit(
+    account first (its cycle ended) or to price again (its contract changed): then retry.
+    If admission is abandoned after its script may have been sent, release what it took."""
+    try:
+        for _ in range(3):
+            version, book = await gw.pricebooks.get(who.account_id)
+            price_rule = route_price(route, book, gw.clock())
+            price = None if price_rule is None else price_of(price_rule, body)
+            admission = await gw.ledger.admit(
+                who,
+                request_id=request[REQUEST_ID],
+                now_ms=gw.now_ms(),
+                lease_ttl_ms=lease_ttl_s * 1000,
+                price=price,
+                enterprise_only=route.enterprise_only,
+                pricing_version=version,
+                idempotency=idempotency,
+            )
+            if admission.code == "RENEW":
+                plans = gw.catalog.current.catalog.plans
+                await gw.billing.current(who.account_id, plans, gw.clock())
+            elif admission.code == "REPRICE":
+                gw.pricebooks.forget(who.account_id)
+            else:
+                return admission, price
+    except asyncio.CancelledError:
+        # The client hung up while its admit script was on its way: the script still runs, so
+        # release what it may take. Settle is idempotent, and it goes out after the admit on
+        # the same pipelined connection, so it finds the lease if there is one.
+        await _settle(
+            gw,
+            request,
             who,
-            request_id=request[REQUEST_ID],
-            now_ms=gw.now_ms(),
-            lease_ttl_ms=lease_ttl_s * 1000,
-            price=price,
-            enterprise_only=route.enterprise_only,
-            pricing_version=version,
+            charge=False,
+            status=499,
+            started=time.perf_counter(),
             idempotency=idempotency,
         )
-        if admission.code == "RENEW":
-            await gw.billing.current(who.account_id, gw.catalog.current.catalog.plans, gw.clock())
-        elif admission.code == "REPRICE":
-            gw.pricebooks.forget(who.account_id)
-        else:
-            return admission, price
-    raise StoreError(f"account {who.account_id} did not settle into a state to admit")
+        raise
+    except StoreError as exc:
+        if exc.maybe_applied:
+            # A hung store may still run the admit once it wakes: the spool releases what it
+            # took as soon as the store answers again, instead of after the lease TTL.
+            release = _order(
+                gw,
+                request,
+                charge=False,
+                status=503,
+                started=time.perf_counter(),
+                idempotency=idempotency,
+            )
+            gw.spool.add(who, release)
+        raise
+    raise StoreError(
+        f"account {who.account_id} did not settle into a state to admit", maybe_applied=False
+    )
 
 
 async def _settle(
