@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -195,7 +196,7 @@ class UpstreamClient:
         self._idle_timeout_s = idle_timeout_s
         self._max_idle = max_idle_per_origin
         self._origins: dict[str, _Origin] = {}
-        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle: dict[_Origin, deque[_Connection]] = {}
 
     async def request(
         self,
@@ -252,8 +253,13 @@ class UpstreamClient:
         finally:
             timer.cancel()
         idle = self._idle[origin]
+        now = loop.time()
+        # Reuse takes the newest, so the oldest idle connections are dropped here, from the
+        # other end, once they expire: after a burst the pool shrinks back by itself.
+        while idle and (idle[0].closed or idle[0].idle_since <= now - self._idle_timeout_s):
+            idle.popleft().close()
         if connection.reusable and len(idle) < self._max_idle:
-            connection.idle_since = asyncio.get_running_loop().time()
+            connection.idle_since = now
             idle.append(connection)
         else:
             connection.close()
@@ -289,7 +295,7 @@ class UpstreamClient:
         if origin is None:
             origin = _parse_origin(base_url)
             self._origins[base_url] = origin
-            self._idle.setdefault(origin, [])
+            self._idle.setdefault(origin, deque())
         return origin
 
 

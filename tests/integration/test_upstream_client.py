@@ -25,6 +25,7 @@ class RawServer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.connections = 0
+        self.open = 0
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
         self.url = ""
@@ -40,11 +41,13 @@ class RawServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         try:
             await self.script(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.open -= 1
             writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
@@ -142,6 +145,26 @@ async def test_keep_alive_connections_are_reused() -> None:
             assert reply.body == b"ok"
         await http.close()
     assert server.connections == 1 and len(server.requests) == 5
+
+
+async def test_idle_connections_left_by_a_burst_expire() -> None:
+    async def slow_keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            await asyncio.sleep(0.05)  # long enough for the burst's requests to overlap
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async with RawServer(slow_keep_alive) as server:
+        http = UpstreamClient(idle_timeout_s=0.3)
+        await asyncio.gather(*(_send(http, server.url) for _ in range(5)))
+        assert server.open == 5
+        await asyncio.sleep(0.2)
+        await _send(http, server.url)  # reuses the newest; the four others idle on
+        await asyncio.sleep(0.2)
+        await _send(http, server.url)  # the four are past 0.3 s idle now: dropped
+        await asyncio.sleep(0.05)
+        assert server.connections == 5 and server.open == 1
+        await http.close()
 
 
 async def test_chunked_204_and_large_bodies(client: UpstreamClient, echo: str) -> None:
