@@ -33,10 +33,12 @@ class ScriptBatcher:
         timeout_s: float,
         *,
         pipelined: bool = True,
+        scripts: tuple[Script, ...] = (),
         max_batch: int = 512,
         max_in_flight: int = 8,
     ) -> None:
         self._client = client
+        self._scripts = scripts
         self._timeout_s = timeout_s
         self._pipelined = pipelined
         self._max_batch = max_batch
@@ -87,13 +89,14 @@ class ScriptBatcher:
             for script, keys, args, _ in batch
         )
         out = _Batch(self, batch)
-        pipe.write(packed, [out] * len(batch))
+        pipe.write(packed, [out] * len(batch))  # raises, queueing nothing, if the pipe closed
+        out.start_timer(pipe)
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
             if self._connection_kwargs is not None:
                 self._write(await self._open(), batch)
-                return
+                return  # the batch finishes itself, through its replies or its timer
             async with asyncio.timeout(self._timeout_s):
                 pipe = self._client.pipeline(transaction=False)
                 for script, keys, args, _ in batch:
@@ -113,7 +116,7 @@ class ScriptBatcher:
         if self._connecting is None:
             assert self._connection_kwargs is not None
             self._connecting = asyncio.create_task(
-                open_pipe(self._connection_kwargs, self._timeout_s)
+                open_pipe(self._connection_kwargs, self._timeout_s, self._scripts)
             )
         connecting = self._connecting
         try:
@@ -163,16 +166,26 @@ class ScriptBatcher:
 
 class _Batch:
     """One batch on the pipe. Its replies arrive in order, one per call; a timer bounds the
-    wait for all of them. A call that timed out still has its reply read, and dropped."""
+    wait for all of them. When it fires, the connection is dropped: a store that has not
+    answered in time may never answer on it (a black-holed connection sends no FIN), and the
+    next batch connects afresh, as redis-py does after a timeout."""
 
-    __slots__ = ("_calls", "_done", "_next", "_owner", "_timer")
+    __slots__ = ("_calls", "_done", "_next", "_owner", "_pipe", "_timer")
 
     def __init__(self, owner: ScriptBatcher, calls: list[_Call]) -> None:
         self._owner = owner
         self._calls = calls
         self._next = 0
         self._done = False
-        self._timer = asyncio.get_running_loop().call_later(owner._timeout_s, self._expire)
+        self._pipe: RespPipe | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start_timer(self, pipe: RespPipe) -> None:
+        self._pipe = pipe
+        if not self._done:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._owner._timeout_s, self._expire
+            )
 
     def resolve(self, reply: Any) -> None:
         call = self._calls[self._next]
@@ -182,13 +195,16 @@ class _Batch:
         else:
             _resolve(call[3], reply)
         if self._next == len(self._calls):
-            self._timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             self._finish()
 
     def _expire(self) -> None:
         for *_, future in self._calls[self._next :]:
             _resolve(future, TimeoutError())
         self._finish()
+        if self._pipe is not None:
+            self._pipe.abort()
 
     def _finish(self) -> None:
         if not self._done:

@@ -7,7 +7,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from gateway.settings import Settings
 
@@ -50,5 +52,9 @@ def connect(settings: Settings) -> Any:
         timeout=None,
         socket_connect_timeout=_CONNECT_TIMEOUT_S,
         socket_keepalive=True,
+        # After a server restart every pooled connection is stale: retry once on a fresh one
+        # rather than fail the first command on each (the scripts' own connection reconnects
+        # by itself, and loads the scripts again).
+        retry=Retry(NoBackoff(), 1),
     )
     return aioredis.Redis.from_pool(pool)

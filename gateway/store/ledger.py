@@ -100,7 +100,9 @@ class Ledger:
             op: metrics.store_duration.labels(op) for op in ("lookup", "admit", "settle", "renew")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
-        self.batcher = ScriptBatcher(client, timeout_s, pipelined=not is_cluster(client))
+        self.batcher = ScriptBatcher(
+            client, timeout_s, pipelined=not is_cluster(client), scripts=(ADMIT, SETTLE)
+        )
         self.breaker = Breaker()
 
     async def call(self, op: str, awaitable: Awaitable[T], *, deadline: bool = True) -> T:

@@ -7,12 +7,15 @@ redis-py's read loop as the largest store cost left once batches were pre-packed
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from typing import Any, Protocol, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+
+from gateway.store.scripts import Script
 
 
 class Waiter(Protocol):
@@ -41,9 +44,18 @@ class RespPipe(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now; every waiter gets a connection error."""
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # as redis-py's pool is configured (connect.py)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -70,8 +82,12 @@ class _Reply:
             self.future.set_result(reply)
 
 
-async def open_pipe(settings: dict[str, Any], timeout_s: float) -> RespPipe:
-    """Connect and authenticate as redis-py would with the same pool settings."""
+async def open_pipe(
+    settings: dict[str, Any], timeout_s: float, scripts: tuple[Script, ...] = ()
+) -> RespPipe:
+    """Connect and authenticate as redis-py would with the same pool settings, and load the
+    scripts: after a restart the first EVALSHA then finds them, instead of falling back to an
+    EVAL on another connection, which could reach the server out of order."""
     handshake: list[tuple[str | int, ...]] = []
     if settings.get("password"):
         user = settings.get("username")
@@ -79,6 +95,7 @@ async def open_pipe(settings: dict[str, Any], timeout_s: float) -> RespPipe:
         handshake.append(("AUTH", *credentials))
     if settings.get("db"):
         handshake.append(("SELECT", settings["db"]))
+    handshake += [("SCRIPT", "LOAD", script.body) for script in scripts]
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
         _, pipe = await loop.create_connection(
