@@ -20,7 +20,6 @@ import httptools
 # closed it while idle) is sent once more on a fresh connection, if sending it twice is safe.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BODY_EXPECTED = frozenset({"POST", "PUT", "PATCH"})
-_LENGTH_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 # Small bodies go out in the same write as the head; big ones are not copied to join them.
 _JOIN_BELOW = 64 * 1024
 
@@ -115,6 +114,7 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(str(exc) or type(exc).__name__))
 
     def eof_received(self) -> bool | None:
+        self.closed = True  # at once: the pool must not hand it out in the meantime
         self._end_of_stream()
         return None  # the transport closes itself
 
@@ -124,8 +124,21 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self._reply is not None and self._reply.done():
+            # More bytes after the whole reply, in the same read: the upstream cannot be
+            # trusted with another request on this connection.
+            self.reusable = False
+            self.abort()
+            self._headers, self._body = [], []  # leave the reply already given untouched
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in _LENGTH_HEADERS:
+        lowered = name.lower()
+        if lowered == b"content-length" or (
+            # RFC 9112 6.3: a body framed by Transfer-Encoding ends with its chunked coding;
+            # any other coding runs to the end of the connection.
+            lowered == b"transfer-encoding" and value.rstrip().lower().endswith(b"chunked")
+        ):
             self._until_eof = False
         self._headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))

@@ -197,6 +197,36 @@ async def test_body_delimited_by_the_end_of_the_connection(client: UpstreamClien
     assert server.connections == 2  # such a connection cannot be reused
 
 
+async def test_bytes_after_a_reply_keep_its_connection_out_of_the_pool(
+    client: UpstreamClient,
+) -> None:
+    async def trailing_junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            # A whole reply, then the start of another nobody asked for, in one write.
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                b"HTTP/1.1 200 OK\r\nX-Smuggled: yes\r\n"
+            )
+
+    async with RawServer(trailing_junk) as server:
+        first = await _send(client, server.url)
+        second = await _send(client, server.url)
+    assert first.headers == second.headers == [("Content-Length", "2")]
+    assert server.connections == 2  # the second request did not inherit the half-parsed junk
+
+
+async def test_a_body_in_another_transfer_coding_runs_to_the_end(client: UpstreamClient) -> None:
+    async def gzip_until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzzz")
+        await writer.drain()
+
+    async with RawServer(gzip_until_close) as server:
+        reply = await _send(client, server.url)
+    assert reply.status == 200 and reply.body == b"zzzz"
+
+
 async def test_informational_reply_is_skipped(client: UpstreamClient) -> None:
     async def continue_then_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
