@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -32,7 +31,6 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = _HOP_BY_HOP | {"authorization", "x-forwarded-for", "expect"}
-_FORBIDDEN_CHARS = ("\r", "\n", "\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +49,7 @@ def request_headers(
     client_ip: str | None,
 ) -> list[tuple[str, str]]:
     """What the upstream sees: end-to-end headers only, no credentials, the gateway's own."""
-    dropped = _NOT_FORWARDED | _connection_tokens(incoming.getall("Connection", ()))
+    dropped = _also_named_by(incoming.getall("Connection", []), _NOT_FORWARDED)
     out = [
         (name, _clean(name, value))
         for name, value in incoming.items()
@@ -72,22 +70,25 @@ def request_headers(
 
 def _clean(name: str, value: str) -> str:
     # aiohttp's parser already refuses these; this guards anything that reaches us otherwise.
-    if any(char in value for char in _FORBIDDEN_CHARS):
+    if "\r" in value or "\n" in value or "\x00" in value:
         raise ValidationFailed(f"Header {name} holds a control character", details={"field": name})
     return value
 
 
 def response_headers(incoming: list[tuple[str, str]]) -> CIMultiDict[str]:
     """What the client sees of the upstream's headers (the gateway adds its own after)."""
-    dropped = _HOP_BY_HOP | _connection_tokens(
-        value for name, value in incoming if name.lower() == "connection"
-    )
-    return CIMultiDict((name, value) for name, value in incoming if name.lower() not in dropped)
+    connection = [value for name, value in incoming if name.lower() == "connection"]
+    dropped = _also_named_by(connection, _HOP_BY_HOP)
+    return CIMultiDict([(name, value) for name, value in incoming if name.lower() not in dropped])
 
 
-def _connection_tokens(values: Iterable[str]) -> frozenset[str]:
-    tokens = (t.strip().lower() for v in values for t in v.split(","))
-    return frozenset(t for t in tokens if t)
+def _also_named_by(connection: list[str], dropped: frozenset[str]) -> frozenset[str]:
+    """`dropped` plus the headers a Connection header names (RFC 9110 7.6.1); no new set
+    in the usual case of none."""
+    if not connection:
+        return dropped
+    tokens = (t.strip().lower() for v in connection for t in v.split(","))
+    return dropped | {t for t in tokens if t}
 
 
 async def forward(
