@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.catalog.models import Upstream
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.proxy.http1 import RawReply, UpstreamClient, UpstreamClosed
-from gateway.proxy.upstream import forward
+from gateway.proxy.upstream import forward, response_headers
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -369,3 +369,19 @@ async def test_https_upstream() -> None:
     finally:
         await http.close()
         await runner.cleanup()
+
+
+def test_the_client_never_sees_hop_by_hop_headers_of_the_upstream() -> None:
+    seen = response_headers(
+        [
+            ("Connection", "close, X-Hop"),
+            ("X-Hop", "for the proxy only"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Kept", "1"),
+            ("Set-Cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]
+    )
+    assert list(seen.items()) == [("X-Kept", "1"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2")]
+    assert list(response_headers([("X-Kept", "1")]).items()) == [("X-Kept", "1")]
