@@ -11,10 +11,11 @@ import asyncio
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from gateway.protocol import ClientProtocol
 
 # A request that failed on a reused connection before any byte of reply arrived (the upstream
 # closed it while idle) is sent once more on a fresh connection, if sending it twice is safe.
@@ -48,13 +49,12 @@ class _Origin:
     base_path: str
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(ClientProtocol):
     """One keep-alive connection to an origin; it carries one exchange at a time."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
-        self.closed = False
         self.idle_since = 0.0
         self.reusable = False
         self.received = False  # any byte of the current reply arrived
@@ -80,26 +80,11 @@ class _Connection(asyncio.Protocol):
             self._transport.writelines((head, body))
         return self._reply
 
-    def close(self) -> None:
-        self.closed = True
-        if self._transport is not None:
-            self._transport.close()
-
     def expire(self) -> None:
         """The request's time is up: fail it (TimeoutError) and drop the connection."""
         self._fail(TimeoutError())
 
-    def abort(self) -> None:
-        """Drop the connection at once: the upstream sees the caller give up."""
-        self.closed = True
-        if self._transport is not None:
-            self._transport.abort()
-
     # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -119,7 +104,7 @@ class _Connection(asyncio.Protocol):
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        super().connection_lost(exc)
         self._end_of_stream()
 
     # httptools callbacks

@@ -15,6 +15,7 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateway.protocol import ClientProtocol
 from gateway.store.scripts import Script
 
 
@@ -24,14 +25,13 @@ class Waiter(Protocol):
     def resolve(self, reply: Any) -> None: ...
 
 
-class RespPipe(asyncio.Protocol):
+class RespPipe(ClientProtocol):
     """A connection whose replies go, in order, to the waiters queued with each command."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
-        self._transport: asyncio.Transport | None = None
         self._waiting: deque[Waiter] = deque()
-        self.closed = False
 
     def write(self, packed: bytes, waiters: list[Waiter]) -> None:
         """Send packed commands; `waiters` get their replies, one each, in the same order."""
@@ -40,19 +40,8 @@ class RespPipe(asyncio.Protocol):
         self._waiting.extend(waiters)
         self._transport.write(packed)
 
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    def abort(self) -> None:
-        """Drop the connection now; every waiter gets a connection error."""
-        self.closed = True
-        if self._transport is not None:
-            self._transport.abort()
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        self._transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:  # as redis-py's pool is configured (connect.py)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -65,7 +54,7 @@ class RespPipe(asyncio.Protocol):
             self._waiting.popleft().resolve(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        super().connection_lost(exc)
         lost = RedisConnectionError(f"script connection lost: {exc or 'closed by the server'}")
         while self._waiting:
             self._waiting.popleft().resolve(lost)
