@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httptools
@@ -40,13 +40,16 @@ class RawReply:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Origin:
+    """Where an upstream URL points, and its pool of idle connections (newest last)."""
+
     host: str
     port: int
     tls: bool
     host_header: str
     base_path: str
+    idle: deque[_Connection] = field(default_factory=deque)
 
 
 class _Connection(ClientProtocol):
@@ -194,7 +197,6 @@ class UpstreamClient:
         self._idle_timeout_s = idle_timeout_s
         self._max_idle = max_idle_per_origin
         self._origins: dict[str, _Origin] = {}
-        self._idle: dict[_Origin, deque[_Connection]] = {}
 
     async def request(
         self,
@@ -226,10 +228,10 @@ class UpstreamClient:
         return await self._exchange(origin, connection, head, body, head_only, deadline)
 
     async def close(self) -> None:
-        for idle in self._idle.values():
-            for connection in idle:
+        for origin in self._origins.values():
+            for connection in origin.idle:
                 connection.close()
-            idle.clear()
+            origin.idle.clear()
 
     async def _exchange(
         self,
@@ -250,11 +252,11 @@ class UpstreamClient:
             raise
         finally:
             timer.cancel()
-        idle = self._idle[origin]
+        idle = origin.idle
         now = loop.time()
         # Reuse takes the newest, so the oldest idle connections are dropped here, from the
         # other end, once they expire: after a burst the pool shrinks back by itself.
-        while idle and (idle[0].closed or idle[0].idle_since <= now - self._idle_timeout_s):
+        while idle and not self._usable(idle[0], now):
             idle.popleft().close()
         if connection.reusable and len(idle) < self._max_idle:
             connection.idle_since = now
@@ -264,14 +266,16 @@ class UpstreamClient:
         return reply
 
     def _take_idle(self, origin: _Origin) -> _Connection | None:
-        idle = self._idle[origin]
-        oldest_usable = asyncio.get_running_loop().time() - self._idle_timeout_s
-        while idle:
-            connection = idle.pop()
-            if not connection.closed and connection.idle_since > oldest_usable:
+        now = asyncio.get_running_loop().time()
+        while origin.idle:
+            connection = origin.idle.pop()
+            if self._usable(connection, now):
                 return connection
             connection.close()
         return None
+
+    def _usable(self, connection: _Connection, now: float) -> bool:
+        return not connection.closed and connection.idle_since > now - self._idle_timeout_s
 
     async def _connect(self, origin: _Origin) -> _Connection:
         _, connection = await asyncio.get_running_loop().create_connection(
@@ -291,9 +295,7 @@ class UpstreamClient:
     def _origin(self, base_url: str) -> _Origin:
         origin = self._origins.get(base_url)
         if origin is None:
-            origin = _parse_origin(base_url)
-            self._origins[base_url] = origin
-            self._idle.setdefault(origin, deque())
+            origin = self._origins[base_url] = _parse_origin(base_url)
         return origin
 
 
