@@ -102,10 +102,8 @@ class ScriptBatcher:
                 for script, keys, args, _ in batch:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 replies = await pipe.execute(raise_on_error=False)
-                for (script, keys, args, future), reply in zip(batch, replies, strict=True):
-                    if isinstance(reply, NoScriptError):
-                        reply = await self._client.eval(script.body, len(keys), *keys, *args)
-                    _resolve(future, reply)
+            for call, reply in zip(batch, replies, strict=True):
+                self._answer(call, reply)
         except Exception as exc:
             for *_, future in batch:
                 _resolve(future, exc)
@@ -126,8 +124,14 @@ class ScriptBatcher:
                 self._connecting = None
         return self._pipe
 
+    def _answer(self, call: _Call, reply: Any) -> None:
+        if isinstance(reply, NoScriptError):
+            self._eval_later(call)
+        else:
+            _resolve(call[3], reply)
+
     def _eval_later(self, call: _Call) -> None:
-        """A restarted server lost its script cache: EVAL sends the body once."""
+        """The server lost its script cache (a restart, SCRIPT FLUSH): EVAL sends the body."""
         script, keys, args, future = call
 
         async def evaluate() -> None:
@@ -182,18 +186,11 @@ class _Batch:
 
     def start_timer(self, pipe: RespPipe) -> None:
         self._pipe = pipe
-        if not self._done:
-            self._timer = asyncio.get_running_loop().call_later(
-                self._owner._timeout_s, self._expire
-            )
+        self._timer = asyncio.get_running_loop().call_later(self._owner._timeout_s, self._expire)
 
     def resolve(self, reply: Any) -> None:
-        call = self._calls[self._next]
+        self._owner._answer(self._calls[self._next], reply)
         self._next += 1
-        if isinstance(reply, NoScriptError):
-            self._owner._eval_later(call)
-        else:
-            _resolve(call[3], reply)
         if self._next == len(self._calls):
             if self._timer is not None:
                 self._timer.cancel()
