@@ -279,13 +279,40 @@ class Stack:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
 
-    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         log = (self.dir / f"proc-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
-            list(args), cwd=ROOT, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT
+            list(args), cwd=cwd, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT
         )
         self.procs.append(proc)
         return proc
+
+    def gateway(
+        self,
+        catalog: Path,
+        redis_url: str,
+        port: int,
+        admin_port: int,
+        *,
+        workers: int = 1,
+        tree: Path = ROOT,
+    ) -> subprocess.Popen[bytes]:
+        """`gateway serve` of the build in `tree` (this checkout unless told otherwise)."""
+        env = {
+            **os.environ,
+            "GATEWAY_ADMIN_TOKEN": TOKEN,
+            "GATEWAY_LOG_LEVEL": "WARNING",
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_SPOOL_DIR": str(self.dir / f"spool-{port}"),
+        }
+        return self.spawn(
+            PY, "-m", "gateway", "serve", "--config", str(catalog),
+            "--port", str(port), "--admin-port", str(admin_port),
+            "--redis-url", redis_url, "--workers", str(workers),
+            env=env, cwd=tree,
+        )  # fmt: skip
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -318,35 +345,13 @@ def main() -> int:
         )
         catalog = stack.dir / "bench.yaml"
         catalog.write_text(CATALOG.format(upstream=upstream, price=PRICE, path=PATH))
-        env = {
-            **os.environ,
-            "GATEWAY_ADMIN_TOKEN": TOKEN,
-            "GATEWAY_LOG_LEVEL": "WARNING",
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_SPOOL_DIR": str(stack.dir / "spool"),
-        }
-        gateways = {}
-        for name, port, admin_port, workers in (
-            ("gateway_1w", gw1, gw1_admin, "1"),
-            ("gateway_2w", gw2, gw2_admin, "2"),
-        ):
-            gateways[name] = stack.spawn(
-                PY,
-                "-m",
-                "gateway",
-                "serve",
-                "--config",
-                str(catalog),
-                "--port",
-                str(port),
-                "--admin-port",
-                str(admin_port),
-                "--redis-url",
-                redis_server.url,
-                "--workers",
-                workers,
-                env=env,
+        gateways = {
+            name: stack.gateway(catalog, redis_server.url, port, admin_port, workers=workers)
+            for name, port, admin_port, workers in (
+                ("gateway_1w", gw1, gw1_admin, 1),
+                ("gateway_2w", gw2, gw2_admin, 2),
             )
+        }
         for port in (up, bare, nginx_port, gw1_admin, gw2_admin):
             wait_http(f"http://127.0.0.1:{port}/healthz")
         wait_http(f"http://127.0.0.1:{gw2}/nowhere")

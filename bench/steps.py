@@ -34,7 +34,7 @@ STEPS = [
     ("7a2831b", "+ one timer handle per upstream request"),
     ("574c59e", "+ 16 instead of 20 commands inside the scripts"),
     ("9346c5f", "+ tracking headers built in one dict"),
-    ("HEAD", "final (failure paths and pool sweep since)"),
+    ("HEAD", "this checkout"),
 ]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 64
@@ -70,23 +70,7 @@ def main() -> int:
         for commit, _ in STEPS:
             tree = checkout(commit, stack.dir / f"build-{commit}")
             port, admin_port = free_port(), free_port()
-            proc = subprocess.Popen(
-                [
-                    bench.PY, "-m", "gateway", "serve", "--config", str(catalog),
-                    "--port", str(port), "--admin-port", str(admin_port),
-                    "--redis-url", redis_server.url,
-                ],
-                cwd=tree,
-                env={
-                    **os.environ,
-                    "GATEWAY_ADMIN_TOKEN": bench.TOKEN,
-                    "GATEWAY_LOG_LEVEL": "WARNING",
-                    "GATEWAY_SPOOL_DIR": str(tree / "spool"),
-                },
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            stack.procs.append(proc)
+            proc = stack.gateway(catalog, redis_server.url, port, admin_port, tree=tree)
             bench.wait_http(f"http://127.0.0.1:{admin_port}/healthz")
             account = bench.admin(admin_port, "/admin/accounts", {"name": commit, "plan": "bench"})
             key = bench.admin(admin_port, f"/admin/orgs/{account['org_id']}/keys")["key"]
