@@ -103,12 +103,12 @@ class _Connection(ClientProtocol):
 
     def eof_received(self) -> bool | None:
         self.closed = True  # at once: the pool must not hand it out in the meantime
-        self._end_of_stream()
+        self._end_of_stream(clean=True)
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self._end_of_stream()
+        self._end_of_stream(clean=exc is None)
 
     # httptools callbacks
 
@@ -162,11 +162,13 @@ class _Connection(ClientProtocol):
         self._headers = []
         self._body = []
 
-    def _end_of_stream(self) -> None:
+    def _end_of_stream(self, *, clean: bool) -> None:
         if self._reply is None or self._reply.done():
             return
-        if self._headers_done and self._until_eof and not self._informational:
-            self._finish(reusable=False)  # a body delimited by the end of the connection
+        if clean and self._headers_done and self._until_eof and not self._informational:
+            # A body delimited by the end of the connection is whole only if the connection
+            # ended cleanly; a reset cuts it short (SPEC 4: charge only a fully received body).
+            self._finish(reusable=False)
         else:
             self._fail(UpstreamClosed("the upstream closed the connection mid-reply"))
 

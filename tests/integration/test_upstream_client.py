@@ -4,7 +4,9 @@ raw asyncio sockets for the odd replies a real upstream can give."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -214,6 +216,26 @@ async def test_bytes_after_a_reply_keep_its_connection_out_of_the_pool(
         second = await _send(client, server.url)
     assert first.headers == second.headers == [("Content-Length", "2")]
     assert server.connections == 2  # the second request did not inherit the half-parsed junk
+
+
+async def test_a_body_that_ends_with_the_connection_is_not_whole_if_it_was_reset(
+    client: UpstreamClient,
+) -> None:
+    async def reset_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+
+    async with RawServer(reset_mid_body) as server:
+        with pytest.raises(UpstreamError) as cut:
+            await forward(
+                client, Upstream(url=server.url), method="GET", path_qs="/", headers=[], body=b""
+            )
+    assert cut.value.details == {"reason": "UpstreamClosed"}
 
 
 async def test_a_body_in_another_transfer_coding_runs_to_the_end(client: UpstreamClient) -> None:
