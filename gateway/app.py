@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -14,17 +15,19 @@ from redis.exceptions import RedisClusterException, RedisError
 from gateway import dashboard
 from gateway.api import account, admin
 from gateway.catalog.live import LiveCatalog
-from gateway.catalog.models import Catalog
+from gateway.catalog.models import Catalog, Limits
 from gateway.clock import Clock, system_clock
 from gateway.context import GATEWAY, Gateway
 from gateway.errors import GatewayError, StoreError
 from gateway.http import admin_middleware, public_middleware
+from gateway.listener import EdgeRunner, add_security_headers
 from gateway.metrics import Metrics
 from gateway.proxy.auth import KeyCache
 from gateway.proxy.handler import proxy
 from gateway.proxy.http1 import UpstreamClient
 from gateway.proxy.leases import InFlight, renew_forever
 from gateway.proxy.pricebooks import PriceBooks
+from gateway.reload import SUPERVISED_ENV
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
@@ -79,7 +82,9 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public[GATEWAY] = gw
     public.add_routes(account.routes)
     public.add_routes(dashboard.routes)
-    public.router.add_route("*", "/{tail:.*}", proxy)
+    # `100 Continue` is the handler's to send, once route, size and key are checked.
+    public.router.add_route("*", "/{tail:.*}", proxy, expect_handler=_continue_later)
+    public.on_response_prepare.append(add_security_headers)
     public.cleanup_ctx.extend(
         [_upstream_client, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]
     )
@@ -87,7 +92,12 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     admin_app = web.Application(middlewares=[admin_middleware])
     admin_app[GATEWAY] = gw
     admin_app.add_routes(admin.routes)
+    admin_app.on_response_prepare.append(add_security_headers)
     return public, admin_app
+
+
+async def _continue_later(request: web.Request) -> None:
+    return None
 
 
 async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
@@ -197,26 +207,36 @@ async def serving(
     `limits.shutdown_grace_s`, cancel the rest (released, not charged), then close."""
     public, admin_app = create_apps(gw)
     grace = float(gw.catalog.current.catalog.limits.shutdown_grace_s)
+
+    def limits() -> Limits:
+        return gw.catalog.current.catalog.limits
+
     runners = [
-        web.AppRunner(
+        EdgeRunner(
             public,
+            limits,
             access_log=None,
             shutdown_timeout=grace,
-            # A client that hangs up cancels its handler, which frees its slot at once.
-            handler_cancellation=True,
+            # A client that hangs up does not cancel its handler: the upstream keeps working,
+            # so the slot stays taken until it is done (SPEC 4).
+            handler_cancellation=False,
+            # Bodies are forwarded as received; pricing decodes a copy (proxy/inbound.py).
+            auto_decompress=False,
             # Request line (URL) and header limits; beyond them aiohttp answers 400 itself.
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_FIELD_BYTES,
             max_headers=MAX_HEADERS,
         ),
-        web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0),
+        EdgeRunner(admin_app, limits, access_log=None, shutdown_timeout=1.0),
     ]
+    # Ports are the process's own, unless it is one of a --workers parent's (SPEC 1).
+    shared = os.environ.get(SUPERVISED_ENV) == "1"
     ports: list[int] = []
     try:
         for runner, (h, p) in zip(runners, ((host, port), (admin_host, admin_port)), strict=True):
             await runner.setup()
             # A deep accept queue: a burst of new connections waits instead of failing.
-            site = web.TCPSite(runner, h, p, reuse_port=True, backlog=BACKLOG)
+            site = web.TCPSite(runner, h, p, reuse_port=shared, backlog=BACKLOG)
             await site.start()
             ports.append(int(runner.addresses[0][1]))
         yield ports[0], ports[1]

@@ -61,6 +61,18 @@ class PayloadTooLarge(GatewayError):
     default_message = "Request body too large"
 
 
+class ClientClosedRequest(GatewayError):
+    """The client hung up before the request was sent upstream (nginx's 499)."""
+
+    status, code, outcome = 499, "CLIENT_CLOSED_REQUEST", "client_canceled"
+    default_message = "The client closed the connection"
+
+
+class RequestTimeout(GatewayError):
+    status, code, outcome = 408, "REQUEST_TIMEOUT", "rejected_input"
+    default_message = "The request body did not arrive in time"
+
+
 class ValidationFailed(GatewayError):
     status, code, outcome = 400, "VALIDATION_ERROR", "rejected_input"
     default_message = "Invalid request"

@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -58,7 +59,14 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
             return PayloadTooLarge()
         if 400 <= exc.status < 500:
             return ValidationFailed(exc.reason)
-    log.exception("unhandled error", exc_info=exc)
+    # The class and the frames, not the message: a message can quote what a client sent.
+    log.error(
+        "unhandled error",
+        extra={
+            "error": type(exc).__name__,
+            "stack": "".join(traceback.format_tb(exc.__traceback__)),
+        },
+    )
     return GatewayError()
 
 
@@ -87,13 +95,13 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(request, err)
         response.headers.update(request.get(TRACKING, {}))
         outcome = err.outcome
-    seconds = _record(
-        request,
-        response.status,
-        outcome,
-        started,
-        int(response.headers.get("X-Credits-Charged", 0)),
-    )
+        if request.body_exists and not request.content.is_eof():
+            # Refused before its body was read (a bad key, say): end the connection rather
+            # than read the rest of a body nobody wants.
+            response.force_close()
+    # What the gateway charged, from the request's own record: never an upstream's header.
+    status = 499 if outcome == "client_canceled" else response.status
+    seconds = _record(request, status, outcome, started, request.get(CHARGED, 0))
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     response.headers["X-Latency-Ms"] = str(int(seconds * 1000))
     return response
@@ -152,5 +160,7 @@ def _check_admin_token(request: web.Request) -> None:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = token.get_secret_value().encode()
     # Constant time, so the token cannot be guessed byte by byte from response times.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    # A header of bytes that are not UTF-8 arrives with surrogates: compared as it came.
+    offered = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
         raise Unauthorized()

@@ -17,7 +17,7 @@ from pydantic import (
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PosInt = Annotated[int, Field(ge=1, strict=True)]
-PosFloat = Annotated[float, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -150,6 +150,12 @@ class Limits(_Frozen):
     max_request_body_bytes: PosInt = 1_048_576
     charge_on_client_cancel: bool = True
     shutdown_grace_s: NonNegInt = 30
+    # The edge (SPEC 4): deadlines and sizes a client or an upstream cannot stretch.
+    client_header_timeout_s: PosFloat = 10.0
+    client_body_timeout_s: PosFloat = 30.0
+    keepalive_timeout_s: PosFloat = 75.0
+    max_response_bytes: PosInt = 67_108_864
+    max_kept_response_bytes: NonNegInt = 1_048_576
 
 
 class MetricsOptions(_Frozen):

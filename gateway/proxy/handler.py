@@ -26,41 +26,51 @@ from gateway.context import (
     Gateway,
 )
 from gateway.errors import (
+    ClientClosedRequest,
     ConcurrentLimitExceeded,
     GatewayError,
     IdempotencyConflict,
     InsufficientCredits,
     InsufficientPermissions,
     InvalidApiKey,
-    PayloadTooLarge,
     RateLimitExceeded,
     StoreError,
     SubscriptionInactive,
     ValidationFailed,
 )
 from gateway.pricing import price_of, route_price
+from gateway.proxy import inbound
+from gateway.proxy.relay import Relayed, finish, relay
 from gateway.proxy.upstream import UpstreamReply, forward, request_headers
 from gateway.store.ledger import Admission, Idempotency, Identity, Settlement, SettleOrder
 
 log = logging.getLogger(__name__)
+# Kept in place of a response too large to replay: a retry gets 409 (SPEC 4).
+_TOO_BIG_TO_KEEP = '{"too_big": true}'
 
 
-async def proxy(request: web.Request) -> web.Response:
+async def proxy(request: web.Request) -> web.StreamResponse:
     """Serve one proxied request of the public listener."""
     gw = request.app[GATEWAY]
     snapshot = gw.catalog.current  # read once: a reload mid-request does not affect it
-    route = snapshot.match(request.path, request.method)
+    path, path_qs = inbound.target(request)
+    route = snapshot.match(path, request.method)
     request[ROUTE] = route.name
     limits = snapshot.catalog.limits
-    body = await _read_body(request, limits.max_request_body_bytes)
+    inbound.check_declared_length(request, limits.max_request_body_bytes)
 
+    # The key before the body: a client without one holds no memory and no time.
     who = await gw.keys.authenticate(request.headers.get("Authorization"))
     request[WHO] = who
+    body = await inbound.read_body(
+        request, limits.max_request_body_bytes, limits.client_body_timeout_s
+    )
     request_id = request[REQUEST_ID]
     upstream = snapshot.catalog.upstreams[route.upstream]
     idempotency = _idempotency(request, body, upstream.timeout_s + limits.lease_ttl_s)
+    priced = inbound.decoded(request, body, limits.max_request_body_bytes)
     admission, price = await _price_and_admit(
-        gw, request, route, body, who, limits.lease_ttl_s, idempotency
+        gw, request, route, priced, who, limits.lease_ttl_s, idempotency
     )
     if admission.reclaimed:
         gw.metrics.leases_reclaimed.inc(admission.reclaimed)
@@ -71,6 +81,18 @@ async def proxy(request: web.Request) -> web.Response:
     if not admission.admitted:
         raise _refusal(admission, price)
 
+    if inbound.client_gone(request):  # hung up before anything went upstream
+        if price is not None:
+            await _settle(
+                gw,
+                request,
+                who,
+                charge=False,
+                status=499,
+                started=time.perf_counter(),
+                idempotency=idempotency,
+            )
+        raise ClientClosedRequest()
     outgoing = request_headers(
         request.headers, request_id=request_id, who=who, client_ip=request.remote
     )
@@ -78,15 +100,19 @@ async def proxy(request: web.Request) -> web.Response:
         gw.http,
         upstream,
         method=request.method,
-        path_qs=request.path_qs,
+        path_qs=path_qs,
         headers=outgoing,
         body=body,
     )
     if price is None:
         reply = await send
-        request[UPSTREAM_SECONDS] = reply.seconds
-        request[OUTCOME] = "free" if _success(reply) else "upstream_error"
-        return _respond(reply, tracking)
+        request[OUTCOME] = "free" if _success(reply.status) else "upstream_error"
+        headers = _client_headers(reply, tracking)
+        relayed = await relay(
+            request, reply, headers, limit=limits.max_response_bytes, keep_limit=0
+        )
+        request[UPSTREAM_SECONDS] = time.perf_counter() - reply.started
+        return await finish(request, reply, headers, relayed)
 
     started = time.perf_counter()
     with gw.inflight.holding(who, request_id):
@@ -104,48 +130,74 @@ async def proxy(request: web.Request) -> web.Response:
             )
             raise
         except asyncio.CancelledError:
-            # The client hung up after the upstream call was sent: free the slot at once and
-            # charge by policy. A drain that ran out of grace never charges.
-            charge = limits.charge_on_client_cancel and not gw.draining
-            settled = await _settle(
+            # A drain that ran out of grace: released, never charged.
+            await _settle(
                 gw,
                 request,
                 who,
-                charge=charge,
+                charge=False,
                 status=499,
                 started=started,
-                price=price,
                 idempotency=idempotency,
             )
             request[OUTCOME] = "client_canceled"
-            request[CHARGED] = settled.charged
-            gw.metrics.per_route(route.name).credits_charged.inc(settled.charged)
             raise
+        ok = _success(reply.status)
+        # The credit pair as settlement will leave it, sent ahead with a streamed head.
+        tracking["X-Credits-Charged"] = str(price if ok else 0)
+        tracking["X-Credits-Remaining"] = str(admission.credits_remaining + (0 if ok else price))
+        headers = _client_headers(reply, tracking)
+        keep_limit = limits.max_kept_response_bytes if idempotency is not None else 0
+        try:
+            relayed = await relay(
+                request, reply, headers, limit=limits.max_response_bytes, keep_limit=keep_limit
+            )
+        except asyncio.CancelledError:
+            reply.body.abort()
+            await _settle(
+                gw,
+                request,
+                who,
+                charge=False,
+                status=499,
+                started=started,
+                idempotency=idempotency,
+            )
+            request[OUTCOME] = "client_canceled"
+            raise
+        # SPEC 4: the slot was held until the upstream was done; a client that hung up is
+        # charged only for a complete 2xx, and only if the catalog says so.
+        gone = relayed.gone or inbound.client_gone(request)
+        charge = ok and relayed.complete and (not gone or limits.charge_on_client_cancel)
+        status = 499 if gone else reply.status if relayed.error is None else relayed.error.status
         settled = await _settle(
             gw,
             request,
             who,
-            charge=_success(reply),
-            status=reply.status,
+            charge=charge,
+            status=status,
             started=started,
             price=price,
             remaining=admission.credits_remaining,
             idempotency=idempotency,
-            # Only a request with an Idempotency-Key has a response worth keeping.
-            keep=_keepable(reply, tracking, price, admission.credits_remaining)
-            if idempotency is not None
-            else "-",
+            keep=_keepable(reply, relayed, tracking, price) if idempotency is not None else "-",
         )
-    gw.metrics.per_route(route.name).upstream_duration.observe(reply.seconds)
-    request[UPSTREAM_SECONDS] = reply.seconds
-    tracking["X-Credits-Charged"] = str(settled.charged)
-    tracking["X-Credits-Remaining"] = str(settled.credits_remaining)
-    request[OUTCOME] = (
-        "upstream_error" if not _success(reply) else "charged" if settled.charged else "free"
-    )
+    request[UPSTREAM_SECONDS] = seconds = time.perf_counter() - reply.started
+    gw.metrics.per_route(route.name).upstream_duration.observe(seconds)
+    request[CHARGED] = settled.charged
     if settled.charged:
         gw.metrics.per_route(route.name).credits_charged.inc(settled.charged)
-    return _respond(reply, tracking)
+    if gone:
+        request[OUTCOME] = "client_canceled"
+    elif not relayed.complete:
+        request[OUTCOME] = "upstream_error"
+    else:
+        request[OUTCOME] = "charged" if settled.charged else "free" if ok else "upstream_error"
+    if relayed.response is None and relayed.complete:
+        # Not sent yet: the credit pair is settlement's own.
+        headers["X-Credits-Charged"] = str(settled.charged)
+        headers["X-Credits-Remaining"] = str(settled.credits_remaining)
+    return await finish(request, reply, headers, relayed)
 
 
 async def _price_and_admit(
@@ -288,14 +340,16 @@ def _idempotency(request: web.Request, body: bytes, longest_s: float) -> Idempot
     return Idempotency(hashlib.sha256(key.encode()).hexdigest(), asked, math.ceil(longest_s))
 
 
-def _keepable(reply: UpstreamReply, tracking: dict[str, str], price: int, remaining: int) -> str:
+def _keepable(reply: UpstreamReply, relayed: Relayed, tracking: dict[str, str], price: int) -> str:
     """The response as a retry will get it (status, headers and body in base64), with the
-    tracking headers of this request as charged."""
-    headers = {**tracking, "X-Credits-Charged": str(price), "X-Credits-Remaining": str(remaining)}
+    tracking headers of this request as charged; too big to keep, a marker that says so."""
+    if relayed.kept is None:
+        return _TOO_BIG_TO_KEEP
     kept = [[name, value] for name, value in reply.headers.items()]
-    kept += [[name, value] for name, value in headers.items()]
+    kept += [[name, value] for name, value in tracking.items()]
+    body = b"".join(relayed.kept)
     return json.dumps(
-        {"status": reply.status, "headers": kept, "body": base64.b64encode(reply.body).decode()}
+        {"status": reply.status, "headers": kept, "body": base64.b64encode(body).decode()}
     )
 
 
@@ -306,6 +360,11 @@ async def _replay(
     raw = await gw.ledger.stored_response(who, idempotency.key_hash)
     if raw is None:  # expired between admit and now
         raise IdempotencyConflict("The earlier request with this Idempotency-Key expired; retry")
+    if raw == _TOO_BIG_TO_KEEP:
+        raise IdempotencyConflict(
+            "The earlier response with this Idempotency-Key was too large to keep for replay",
+            details={"field": "Idempotency-Key"},
+        )
     kept = json.loads(raw)
     headers: CIMultiDict[str] = CIMultiDict((name, value) for name, value in kept["headers"])
     headers["Idempotent-Replayed"] = "true"
@@ -314,27 +373,14 @@ async def _replay(
     return web.Response(status=kept["status"], body=base64.b64decode(kept["body"]), headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(details={"limit_bytes": limit})
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(details={"limit_bytes": limit})
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _success(status: int) -> bool:
+    return 200 <= status < 300
 
 
-def _success(reply: UpstreamReply) -> bool:
-    return 200 <= reply.status < 300
-
-
-def _respond(reply: UpstreamReply, tracking: dict[str, str]) -> web.Response:
+def _client_headers(reply: UpstreamReply, tracking: dict[str, str]) -> CIMultiDict[str]:
     headers = reply.headers
     headers.update(tracking)
-    return web.Response(status=reply.status, body=reply.body, headers=headers)
+    return headers
 
 
 def _tracking_headers(admission: Admission, *, metered: bool) -> dict[str, str]:

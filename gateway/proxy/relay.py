@@ -1,0 +1,132 @@
+"""Relaying an upstream reply to the client as it arrives (SPEC 4, the edge): never buffered
+whole, cut above `max_response_bytes`, and its last part held back until the request is
+settled, so a client that has read the whole reply finds its slot free already."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.proxy.upstream import UpstreamReply, read_part
+
+
+@dataclass(slots=True)
+class Relayed:
+    """Where a relay stands once the upstream is done with it."""
+
+    complete: bool = False  # the whole body arrived, within the limit
+    gone: bool = False  # the client hung up on the way
+    kept: list[bytes] | None = None  # the whole body, while it fits what replays keep
+    last: bytes = b""  # the part held back until after settlement
+    error: GatewayError | None = None  # what cut the body short
+    response: web.StreamResponse | None = None  # None: nothing went to the client yet
+    size: int = 0
+
+
+async def relay(
+    request: web.Request,
+    reply: UpstreamReply,
+    headers: CIMultiDict[str],
+    *,
+    limit: int,
+    keep_limit: int,
+) -> Relayed:
+    """Write the reply to the client part by part, all but the last; read to the end even if
+    the client hangs up, so the caller knows whether the body was whole. `keep_limit` 0: keep
+    nothing."""
+    out = Relayed(kept=[] if keep_limit else None)
+    declared = reply.body.content_length
+    if declared is not None and declared > limit and request.method != "HEAD":
+        reply.body.abort()
+        out.error = _too_big(limit)
+        return out
+    if reply.body.complete:  # the whole body came with the head: the common case
+        _add(out, reply.body.take_all(), limit, keep_limit)
+        out.complete = out.error is None
+        return out
+    pending: bytes | None = None
+    while True:
+        try:
+            part = await read_part(reply)
+        except GatewayError as exc:
+            out.error = exc
+            break
+        if not part:
+            out.complete = True
+            break
+        _add(out, part, limit, keep_limit)
+        if out.error is not None:
+            reply.body.abort()
+            break
+        if pending is not None:
+            await _write(request, reply, headers, out, pending)
+        pending = part
+    out.last = pending or b""
+    return out
+
+
+async def finish(
+    request: web.Request, reply: UpstreamReply, headers: CIMultiDict[str], out: Relayed
+) -> web.StreamResponse:
+    """After settlement: the held-back part and the end, or a cut the client can see."""
+    if not out.complete:
+        if out.response is None:
+            assert out.error is not None
+            raise out.error  # nothing went out yet: the client gets the error itself
+        transport = request.transport
+        if transport is not None:  # a cut the client sees: never a short body taken as whole
+            transport.abort()
+        return out.response
+    if out.response is None and request.method != "HEAD":
+        return web.Response(status=reply.status, body=out.last, headers=headers)
+    await _write(request, reply, headers, out, out.last)
+    assert out.response is not None
+    if not out.gone:
+        try:
+            await out.response.write_eof()
+        except ConnectionError:
+            out.gone = True
+    return out.response
+
+
+def _add(out: Relayed, part: bytes, limit: int, keep_limit: int) -> None:
+    out.size += len(part)
+    if out.size > limit:
+        out.error = _too_big(limit)
+        return
+    out.last = part
+    if out.kept is not None:
+        if out.size <= keep_limit:
+            out.kept.append(part)
+        else:
+            out.kept = None
+
+
+def _too_big(limit: int) -> UpstreamError:
+    return UpstreamError(
+        f"The upstream's reply exceeds {limit} bytes", details={"limit_bytes": limit}
+    )
+
+
+async def _write(
+    request: web.Request,
+    reply: UpstreamReply,
+    headers: CIMultiDict[str],
+    out: Relayed,
+    part: bytes,
+) -> None:
+    if out.gone:
+        return
+    try:
+        if out.response is None:
+            out.response = web.StreamResponse(status=reply.status, headers=headers)
+            if reply.body.content_length is not None:
+                out.response.content_length = reply.body.content_length
+            await out.response.prepare(request)
+        if part:
+            await out.response.write(part)
+    except ConnectionError:
+        out.gone = True
