@@ -47,8 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Supervisor(_worker_argv(argv), settings.workers).run()
     _install_uvloop()
     runner = serve if args.command == "serve" else demo
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(runner(settings, catalog))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(runner(settings, catalog))
+    except OSError as exc:  # a port already taken, above all (ports are exclusive: SPEC 1)
+        print(f"gateway: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,6 +22,10 @@ from gateway.catalog.models import Limits
 from gateway.errors import GatewayError, ValidationFailed
 
 log = logging.getLogger(__name__)
+# After an answer given before its body was read (a 401, say), the rest of the body is read
+# and dropped for this long before the connection closes: closing at once would reset it, and
+# the client could lose the answer. aiohttp's default is 10 s.
+LINGER_S = 2.0
 
 
 class EdgeRunner(web.AppRunner):
@@ -53,6 +57,7 @@ class _EdgeHandler(RequestHandler):
 
     def __init__(self, server: web.Server, limits: Limits, **kwargs: Any) -> None:
         kwargs["keepalive_timeout"] = limits.keepalive_timeout_s
+        kwargs["lingering_time"] = LINGER_S
         super().__init__(server, **kwargs)
         self._head_timeout_s = limits.client_header_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None

@@ -43,7 +43,12 @@ def price_of(price: Price, body: bytes) -> int:
 def parse_body(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or ValidationFailed."""
     try:
-        document = json.loads(body)
+        document = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        # Parsers disagree on which of two equal keys wins: the upstream might read the other.
+        raise ValidationFailed(
+            f"The request body repeats the key {exc.args[0]!r}", details={"field": exc.args[0]}
+        ) from exc
     # RecursionError: a small body of deeply nested brackets must be a 400, not a 500.
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValidationFailed(
@@ -51,6 +56,21 @@ def parse_body(body: bytes) -> dict[str, Any]:
         ) from exc
     if not isinstance(document, dict):
         raise ValidationFailed("The request body must be a JSON object", details={"field": "body"})
+    return document
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return document
 
 

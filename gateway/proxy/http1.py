@@ -269,9 +269,7 @@ class _Connection(ClientProtocol):
             # RFC 9112 6.3: a body framed by Transfer-Encoding ends with its chunked coding;
             # any other coding runs to the end of the connection.
             self._until_eof = not value.rstrip().lower().endswith(b"chunked")
-        self._headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        self._headers.append((name.decode("latin-1"), _header_value(value)))
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -473,6 +471,15 @@ class UpstreamClient:
         if origin is None:
             origin = self._origins[base_url] = _parse_origin(base_url)
         return origin
+
+
+def _header_value(raw: bytes) -> str:
+    """UTF-8 when it is, else Latin-1 (RFC 9110's obs-text): aiohttp writes header values as
+    UTF-8 and silently drops what it cannot, so a byte like \xe9 must become a character."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _parse_origin(base_url: str) -> _Origin:

@@ -13,6 +13,30 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.proxy.upstream import UpstreamReply, read_part
 
 
+class _AsSent:
+    """A response whose Content-Type is the upstream's: aiohttp would add
+    application/octet-stream to a body that came without one, which the upstream never said."""
+
+    _typed: bool
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()  # type: ignore[misc]
+        if not self._typed:
+            self.headers.popall("Content-Type", None)  # type: ignore[attr-defined]
+
+
+class _Response(_AsSent, web.Response):
+    def __init__(self, *, status: int, body: bytes, headers: CIMultiDict[str]) -> None:
+        self._typed = "Content-Type" in headers
+        super().__init__(status=status, body=body, headers=headers)
+
+
+class _StreamResponse(_AsSent, web.StreamResponse):
+    def __init__(self, *, status: int, headers: CIMultiDict[str]) -> None:
+        self._typed = "Content-Type" in headers
+        super().__init__(status=status, headers=headers)
+
+
 @dataclass(slots=True)
 class Relayed:
     """Where a relay stands once the upstream is done with it."""
@@ -81,7 +105,7 @@ async def finish(
             transport.abort()
         return out.response
     if out.response is None and request.method != "HEAD":
-        return web.Response(status=reply.status, body=out.last, headers=headers)
+        return _Response(status=reply.status, body=out.last, headers=headers)
     await _write(request, reply, headers, out, out.last)
     assert out.response is not None
     if not out.gone:
@@ -122,7 +146,7 @@ async def _write(
         return
     try:
         if out.response is None:
-            out.response = web.StreamResponse(status=reply.status, headers=headers)
+            out.response = _StreamResponse(status=reply.status, headers=headers)
             if reply.body.content_length is not None:
                 out.response.content_length = reply.body.content_length
             await out.response.prepare(request)

@@ -98,9 +98,14 @@ class Spool:
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
-            self._dir.mkdir(parents=True, exist_ok=True)
+            # Entries hold account ids and kept response bodies: the gateway's user alone
+            # reads them (SPEC 1), whatever the umask says.
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._dir.chmod(0o700)
             self._path = self._dir / f"settle-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-            self._file = self._path.open("a+b")
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = os.fdopen(fd, "a+b")
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self._file
 

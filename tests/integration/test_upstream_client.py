@@ -7,8 +7,8 @@ import asyncio
 import socket
 import ssl
 import struct
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 import trustme
