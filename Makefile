@@ -1,42 +1,65 @@
-# Two commands on a fresh machine: `make run` (the demo) and `make test` (the whole suite).
+# Two commands on a fresh machine: `make run` (the demo; needs no root) and `make test` (the whole
+# suite; installs system packages when they are missing).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The runtime: the dependency tree pinned with hashes in requirements.lock, then this package
+# without resolving anything else; the lock holds the build backend too, so building the package
+# fetches nothing unhashed. All `make run` needs: no system package, so no root.
+RUNTIME := $(VENV)/.runtime
+# The test tools on top of it: the test extras, redis-server and chromium (apt-get, as root).
+TESTING := $(VENV)/.testing
+# The resolver behind `make lock`, pinned so the lock's format does not drift with it.
+UV := uv==0.13.9
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-.PHONY: run test lint clean bench bench-steps soak
+.PHONY: run test lint lock clean bench bench-steps soak
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+$(RUNTIME): requirements.lock pyproject.toml
+	$(PYTHON) -m venv --upgrade-deps $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	touch $@
+
+$(TESTING): $(RUNTIME)
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	touch $(STAMP)
+	touch $@
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/gateway demo
 
-lint: $(STAMP)
+lint: $(TESTING)
 	$(BIN)/ruff check gateway tests
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest -q
 
+# Regenerate requirements.lock from pyproject.toml's dependencies and build requirements, for
+# the image's platform (CPython 3.11, Linux x86_64) whatever machine runs it.
+lock:
+	test -x $(BIN)/pip || $(PYTHON) -m venv --upgrade-deps $(VENV)
+	$(BIN)/pip install --quiet $(UV)
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	| $(BIN)/uv pip compile --quiet --generate-hashes $(LOCK_TARGET) \
+	    --custom-compile-command 'make lock' --output-file requirements.lock pyproject.toml -
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-bench: $(STAMP)
+bench: $(TESTING)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx-light)
 	$(BIN)/python bench/run.py
 
 # Builds of this repository's history side by side: what each optimisation changed, in one run.
-bench-steps: $(STAMP)
+bench-steps: $(TESTING)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/steps.py
 
 # About five minutes of chaos under load (not part of `make test`); SOAK_SECONDS to change it.
-soak: $(STAMP)
+soak: $(TESTING)
 	$(BIN)/python bench/soak.py

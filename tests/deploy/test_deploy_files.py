@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -47,6 +48,7 @@ def test_manifests_have_what_ops_need() -> None:
         "ConfigMap",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
@@ -76,6 +78,80 @@ def test_compose_file_follows_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
     assert {"redis", "upstream", "gateway-1", "gateway-2", "prometheus"} <= set(services)
+
+
+def _gateway_services(compose: dict[str, Any]) -> dict[str, Any]:
+    return {n: s for n, s in compose["services"].items() if n.startswith("gateway-")}
+
+
+def test_compose_takes_the_admin_token_from_an_env_file_git_ignores() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    gateways = _gateway_services(compose)
+    assert len(gateways) == 2
+    for service in gateways.values():
+        assert "GATEWAY_ADMIN_TOKEN" not in service["environment"]
+        assert service["env_file"] == ["gateway.env"]
+    assert "change-me" not in "".join(p.read_text() for p in DEPLOY.rglob("*.y*ml"))
+    # A real token written there cannot be committed by accident.
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(DEPLOY / "gateway.env")], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0
+
+
+def test_compose_admin_port_is_on_loopback_and_the_monitoring_network_only() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    for service in _gateway_services(compose).values():
+        admin = [p for p in service["ports"] if p.endswith(":9090")]
+        assert admin and all(p.startswith("127.0.0.1:") for p in admin)
+    # Prometheus, which scrapes the admin port, shares a network with the gateways only.
+    scraper = set(services["prometheus"]["networks"])
+    neighbours = {n for n, s in services.items() if scraper & set(s.get("networks", ["default"]))}
+    assert neighbours == {"prometheus", *_gateway_services(compose)}
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert "matchExpressions" not in selector  # not needed here, so not interpreted
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _covers(rule: dict[str, Any], name: str, number: int) -> bool:
+    if "ports" not in rule:
+        return True
+    for entry in rule["ports"]:
+        port = entry.get("port")
+        if port is None or port == name:
+            return True
+        if isinstance(port, int) and port <= number <= entry.get("endPort", port):
+            return True
+    return False
+
+
+def _allowed_sources(name: str) -> list[Any]:
+    """The `from` of every ingress rule letting traffic reach the gateway's named port."""
+    docs = [doc for p in MANIFESTS for doc in yaml.safe_load_all(p.read_text())]
+    template = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+    gateway = next(c for c in template["spec"]["containers"] if c["name"] == "gateway")
+    number = next(p["containerPort"] for p in gateway["ports"] if p["name"] == name)
+    policies = [
+        d["spec"]
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and "Ingress" in d["spec"].get("policyTypes", ["Ingress"])
+        and _selects(d["spec"]["podSelector"], template["metadata"]["labels"])
+    ]
+    if not policies:
+        return [None]  # no policy isolates the pods: open to every pod of the cluster
+    rules = [rule for policy in policies for rule in policy.get("ingress", [])]
+    return [rule.get("from") for rule in rules if _covers(rule, name, number)]
+
+
+def test_admin_port_is_open_to_the_monitoring_namespace_only() -> None:
+    namespace = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    monitoring = {"namespaceSelector": namespace}
+    assert _allowed_sources("admin") == [[monitoring]]
+    assert None in _allowed_sources("public")  # the gateway itself stays reachable
 
 
 def test_prometheus_scrapes_both_gateways() -> None:
