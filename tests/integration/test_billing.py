@@ -6,8 +6,11 @@ with back-dated anchors so that a cycle ends a couple of seconds into the test."
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from tests.support.clock import ANCHOR, MovableClock
 from tests.support.harness import Customer, Running, catalog_for, start_gateway
@@ -347,5 +350,66 @@ async def test_the_sweeper_renews_an_untouched_account(
         assert await gw.gw.client.llen(billing_key) == 2
         raw = await gw.gw.client.hget(f"gw:{{acct:{c.account_id}}}:account", "cycle_start")
         assert raw == str(1773568800000)  # 2026-03-15T10:00:00Z
+    finally:
+        await gw.close()
+
+
+async def test_an_anchor_with_an_offset_bills_the_cycles_of_its_utc_instant(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    # 03-31T01:00+02:00 is 03-30T23:00Z: every cycle starts on the 30th (clamped) at 23:00Z.
+    clock = MovableClock(datetime(2026, 12, 1, tzinfo=UTC))
+    gw = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock)
+    try:
+        status, account = await gw.admin_call(
+            "POST",
+            "/admin/accounts",
+            json={"name": "Tz", "plan": "lite", "anchor": "2026-03-31T01:00:00+02:00"},
+        )
+        assert status == 201, account
+        assert account["anchor"] == "2026-03-30T23:00:00.000Z"
+        assert account["cycle"] == {
+            "start": "2026-11-30T23:00:00.000Z",
+            "end": "2026-12-30T23:00:00.000Z",
+        }
+        clock.jump(timedelta(days=31))  # 2027-01-01: one cycle ended, not two
+        _, account = await gw.admin_call("GET", f"/admin/accounts/{account['id']}")
+        assert account["cycle"] == {
+            "start": "2026-12-30T23:00:00.000Z",
+            "end": "2027-01-30T23:00:00.000Z",
+        }
+        _, body = await gw.admin_call("GET", f"/admin/accounts/{account['id']}/billing")
+        history = [(e["type"], e["cycle_start"], e["amount_cents"]) for e in body["entries"]]
+        assert history == [
+            ("renew", "2026-12-30T23:00:00.000Z", 3000),
+            ("subscribe", "2026-11-30T23:00:00.000Z", 3000),
+        ]
+    finally:
+        await gw.close()
+
+
+async def test_the_sweeper_skips_an_account_it_cannot_renew(
+    redis_url: str,
+    upstream: RecordingUpstream,
+    clock: MovableClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock, renewal_sweep_s=0.2)
+    try:
+        broken, healthy = await customer(gw), await customer(gw)
+        # What the old code wrote for the anchor 0001-01-01T00:00:00+05:00: an instant in year
+        # 0 that no datetime can hold. It is first in line for the sweeper.
+        client = gw.gw.client
+        await client.hset(f"gw:{{acct:{broken.account_id}}}:account", "anchor", -62135614800000)
+        await client.zadd("gw:cycle_ends", {broken.account_id: 0})
+        healthy_billing = f"gw:{{acct:{healthy.account_id}}}:billing"
+        with caplog.at_level(logging.ERROR, logger="gateway.app"):
+            await asyncio.sleep(2.6)  # the healthy account's cycle ends; only the sweeper runs
+        assert await client.llen(healthy_billing) == 2  # subscribe, renew
+        raw = await client.hget(f"gw:{{acct:{healthy.account_id}}}:account", "cycle_start")
+        assert raw == str(1773568800000)  # 2026-03-15T10:00:00Z
+        assert any(
+            r.getMessage() == f"renewal of {broken.account_id} skipped" for r in caplog.records
+        )
     finally:
         await gw.close()
