@@ -34,7 +34,9 @@ class Subscription:
     cycle_end: datetime
     allocation: int
     used: int
-    price_cents: int  # what one cycle of the current plan or contract costs
+    # What one cycle of the current plan or contract costs this account, recorded when it
+    # subscribed, renewed or changed plan; None in an account written before it was recorded.
+    price_cents: int | None
     pending_plan: str | None = None
     version: int = 0
 

@@ -413,3 +413,56 @@ async def test_the_sweeper_skips_an_account_it_cannot_renew(
         )
     finally:
         await gw.close()
+
+
+async def test_an_upgrade_is_prorated_from_the_price_the_account_pays(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    clock = MovableClock(datetime(2026, 3, 25, 10, 0, 0, tzinfo=UTC))
+    catalog = catalog_for(upstream.url)
+    gw = await start_gateway(redis_url, catalog, clock=clock)
+    try:
+        c = await gw.new_customer("lite", anchor="2026-01-15T00:00:00Z")  # pays $30
+        lite = catalog.plans["lite"].model_copy(update={"price_cents": 9000})
+        gw.gw.catalog.swap(catalog.model_copy(update={"plans": {**catalog.plans, "lite": lite}}))
+        status, _, preview = await gw.call(
+            "POST", "/v1/account/subscription/preview", c.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and preview["charge_cents"] == 4742  # 7000 x 21/31, not 1000 x
+        status, _, done = await gw.call(
+            "POST", "/v1/account/subscription", c.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and done["entry"]["amount_cents"] == 4742
+    finally:
+        await gw.close()
+
+
+async def test_prorated_upgrade_credits_from_the_catalog(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    # One hour before the cycle ends (03-15 -> 04-15, T = 31): L = 1.
+    clock = MovableClock(datetime(2026, 4, 14, 23, 0, 0, tzinfo=UTC))
+    catalog = catalog_for(upstream.url)
+    gw = await start_gateway(redis_url, catalog, clock=clock)
+    try:
+        full = await gw.new_customer("lite", anchor="2026-01-15T00:00:00Z")
+        prorated = await gw.new_customer("lite", anchor="2026-01-15T00:00:00Z")
+        status, _, done = await gw.call(
+            "POST", "/v1/account/subscription", full.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and done["charge_cents"] == 226 and done["allocation"] == 250000
+        billing = catalog.billing.model_copy(update={"upgrade_credits": "prorated"})
+        gw.gw.catalog.swap(catalog.model_copy(update={"billing": billing}))
+        status, _, preview = await gw.call(
+            "POST", "/v1/account/subscription/preview", prorated.key, json={"plan": "hobby"}
+        )
+        # 37500 + round-half-up(212500 x 1/31) = 44355; the charge does not change.
+        assert preview["charge_cents"] == 226 and preview["allocation"] == 44355
+        status, _, done = await gw.call(
+            "POST", "/v1/account/subscription", prorated.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and done["entry"]["credits"] == 44355
+        _, _, credits = await gw.call("GET", "/v1/credits", prorated.key)
+        assert credits["remaining"] == 44355 and credits["perCycle"] == 44355
+    finally:
+        await gw.close()
