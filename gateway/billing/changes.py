@@ -21,6 +21,9 @@ from gateway.catalog.models import Plan
 from gateway.clock import to_ms
 from gateway.errors import Conflict, ValidationFailed
 
+# The scripts compute in Lua numbers (doubles): integers are exact up to 2^53 (9.0e15).
+MAX_ALLOCATION = 10**15
+
 
 def renew(
     sub: Subscription, plans: dict[str, Plan], now: datetime, make_id: IdFactory = new_entry_id
@@ -330,10 +333,29 @@ def reactivate(sub: Subscription, now: datetime, make_id: IdFactory = new_entry_
 def adjust(
     sub: Subscription, delta: int, reason: str, now: datetime, make_id: IdFactory = new_entry_id
 ) -> Transition:
-    """An ops credit adjustment to this cycle's allocation; it expires with the cycle."""
-    if sub.allocation + delta < 0:
-        raise ValidationFailed(
-            "delta: would make the allocation negative",
+    """An ops credit adjustment to this cycle's allocation; it expires with the cycle.
+
+    An account that may not run into overage keeps an allocation that covers what it used and
+    holds this cycle (a balance never below zero); one that may keeps it at 0 or more."""
+    allocation = sub.allocation + delta
+    overage = sub.contract is not None and sub.contract.overage
+    floor = 0 if overage else sub.used + sub.held
+    if allocation < floor:
+        raise Conflict(
+            "delta: would leave the allocation below the credits used and held this cycle"
+            if floor
+            else "delta: would make the allocation negative",
+            details={
+                "field": "delta",
+                "allocation": sub.allocation,
+                "used": sub.used,
+                "held": sub.held,
+                "min_delta": floor - sub.allocation,
+            },
+        )
+    if allocation > MAX_ALLOCATION:
+        raise Conflict(
+            f"delta: would take the allocation above {MAX_ALLOCATION}",
             details={"field": "delta", "allocation": sub.allocation},
         )
     entry = Entry(
@@ -348,7 +370,12 @@ def adjust(
         reason,
     )
     return Transition(
-        "adjustment", {"allocation": sub.allocation + delta}, (entry,), effective_at=now
+        "adjustment",
+        {"allocation": allocation},
+        (entry,),
+        effective_at=now,
+        # Charges land between this read and the write: the script checks again, atomically.
+        keeps_balance=not overage,
     )
 
 

@@ -104,6 +104,7 @@ class AccountRecord:
             price_cents=self.price_cents,
             pending_plan=self.pending_plan,
             version=self.version,
+            held=self.held,
         )
 
 

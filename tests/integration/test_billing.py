@@ -301,7 +301,7 @@ async def test_ops_credit_adjustment(gw: Running) -> None:
     for bad, field in (
         ({"delta": 0, "reason": "x"}, "delta"),
         ({"delta": 5}, "reason"),
-        ({"delta": -(10**9), "reason": "x"}, "delta"),
+        ({"delta": -(10**12) - 1, "reason": "x"}, "delta"),
         ({"delta": "5", "reason": "x"}, "delta"),
     ):
         status, body = await gw.admin_call(
@@ -323,6 +323,51 @@ async def test_ops_credit_adjustment(gw: Running) -> None:
         "credits",
         "description",
     }
+
+
+async def test_credit_adjustments_never_take_a_public_balance_below_zero(gw: Running) -> None:
+    c = await customer(gw)
+    assert (await gw.call("POST", "/v1/monitor/chatgpt", c.key, json={"pages": 1}))[0] == 200
+    _, _, account = await gw.call("GET", "/v1/account", c.key)
+    used = account["credits"]["used"]
+    assert used > 0
+    credits_url = f"/admin/accounts/{c.account_id}/credits"
+    status, body = await gw.admin_call("POST", credits_url, json={"delta": -37500, "reason": "x"})
+    assert status == 409 and body["error"]["code"] == "CONFLICT", body
+    assert body["error"]["details"]["field"] == "delta"
+    assert body["error"]["details"]["min_delta"] == used - 37500
+    _, _, account = await gw.call("GET", "/v1/account", c.key)
+    assert account["credits"]["allocation"] == 37500 and account["credits"]["overage"] == 0
+    # Taking away exactly what is left is allowed: the balance is then zero.
+    status, body = await gw.admin_call(
+        "POST", credits_url, json={"delta": used - 37500, "reason": "x"}
+    )
+    assert status == 201, body
+    status, _, body = await gw.call("POST", "/v1/monitor/flat", c.key)
+    assert status == 403 and body["error"]["code"] == "INSUFFICIENT_CREDITS"
+    assert body["error"]["details"]["remaining"] == 0
+    _, _, credits = await gw.call("GET", "/v1/credits", c.key)
+    assert credits["remaining"] == 0
+    _, body = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}/billing")
+    assert [e["type"] for e in body["entries"]] == ["adjustment", "subscribe"]
+
+
+@pytest.mark.parametrize("delta", [9223372036854775807, -9223372036854775808, 10**12 + 1])
+async def test_a_credit_delta_beyond_10_to_the_12_is_400(gw: Running, delta: int) -> None:
+    c = await customer(gw)
+    status, body = await gw.admin_call(
+        "POST", f"/admin/accounts/{c.account_id}/credits", json={"delta": delta, "reason": "x"}
+    )
+    assert status == 400 and body["error"]["code"] == "VALIDATION_ERROR"
+    assert body["error"]["details"]["field"] == "delta"
+    status, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+    assert status == 200 and headers["X-Credits-Remaining"] == str(37500 - 10)
+    status, body = await gw.admin_call(
+        "POST", f"/admin/accounts/{c.account_id}/credits", json={"delta": 10**12, "reason": "x"}
+    )
+    assert status == 201
+    _, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+    assert headers["X-Credits-Remaining"] == str(10**12 + 37500 - 20)
 
 
 async def test_admin_plan_change_cancel_reactivate(gw: Running) -> None:

@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.billing.changes import adjust, cancel, change_plan, paid_price, reactivate, renew
+from gateway.billing.changes import (
+    MAX_ALLOCATION,
+    adjust,
+    cancel,
+    change_plan,
+    paid_price,
+    reactivate,
+    renew,
+)
 from gateway.billing.contract import Contract
 from gateway.billing.cycles import add_months
 from gateway.billing.money import (
@@ -704,10 +712,51 @@ def test_adjust_changes_this_cycles_allocation(delta: int, allocation: int) -> N
     assert (entry.cycle_start, entry.cycle_end) == (CYCLE_START, CYCLE_END)
 
 
-def test_adjust_below_zero_is_a_validation_error_on_delta() -> None:
-    with pytest.raises(ValidationFailed) as caught:
+def test_adjust_below_zero_is_a_conflict_on_delta() -> None:
+    with pytest.raises(Conflict) as caught:
         adjust(public("lite"), -37_501, "too much", MID_CYCLE)
-    assert caught.value.details["field"] == "delta"
+    assert caught.value.status == 409 and caught.value.details["field"] == "delta"
+
+
+@pytest.mark.parametrize(
+    ("used", "held", "delta"),
+    [(2, 0, -37_499), (0, 7, -37_494), (30_000, 500, -7_001), (37_500, 0, -1)],
+)
+def test_adjust_never_leaves_a_public_balance_below_zero(used: int, held: int, delta: int) -> None:
+    sub = public("lite", used=used, held=held)
+    with pytest.raises(Conflict) as caught:
+        adjust(sub, delta, "too much", MID_CYCLE)
+    assert caught.value.details == {
+        "field": "delta",
+        "allocation": 37_500,
+        "used": used,
+        "held": held,
+        "min_delta": used + held - 37_500,
+    }
+    # One credit less taken away leaves a balance of exactly zero, and the write is guarded.
+    transition = adjust(sub, delta + 1, "just enough", MID_CYCLE)
+    assert transition.fields == {"allocation": used + held}
+    assert transition.keeps_balance
+
+
+def test_adjust_may_take_an_overage_contract_below_its_use_but_not_below_zero() -> None:
+    sub = enterprise(used=900_000)
+    transition = adjust(sub, -500_000, "renegotiated", MID_CYCLE)
+    assert transition.fields == {"allocation": 500_000}
+    assert not transition.keeps_balance
+    with pytest.raises(Conflict):
+        adjust(sub, -1_000_001, "too much", MID_CYCLE)
+    # A contract without overage is held to its balance like a public plan.
+    strict = CONTRACT.model_copy(update={"overage": False})
+    with pytest.raises(Conflict):
+        adjust(enterprise(contract=strict, used=900_000), -100_001, "too much", MID_CYCLE)
+
+
+def test_adjust_keeps_the_allocation_an_exact_lua_integer() -> None:
+    sub = public("lite", allocation=MAX_ALLOCATION - 10)
+    assert adjust(sub, 10, "top", MID_CYCLE).fields == {"allocation": MAX_ALLOCATION}
+    with pytest.raises(Conflict):
+        adjust(sub, 11, "over the top", MID_CYCLE)
 
 
 def test_upgrade_balance_is_floored_at_zero_when_used_exceeds_the_new_credits() -> None:
