@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from gateway.catalog.live import LiveCatalog
 from gateway.catalog.models import Catalog, Limits
 from gateway.clock import Clock, system_clock
 from gateway.context import GATEWAY, Gateway
-from gateway.errors import GatewayError, StoreError
+from gateway.errors import StoreError
 from gateway.http import admin_middleware, public_middleware
 from gateway.listener import EdgeRunner, add_security_headers
 from gateway.metrics import Metrics
@@ -150,12 +151,24 @@ async def sweep_renewals_forever(gw: Gateway) -> None:
     """Renew accounts whose cycle ended even if nobody touches them (R2)."""
     while True:
         await asyncio.sleep(gw.settings.renewal_sweep_s)
-        now = gw.clock()
         try:
-            for account_id in await gw.billing.due(now):
-                await gw.billing.current(account_id, gw.catalog.current.catalog.plans, now)
-        except (StoreError, GatewayError) as exc:
+            await sweep_renewals(gw, gw.clock())
+        except StoreError as exc:
             log.warning("renewal sweep stopped early: %s", exc)
+        except Exception:  # a bug must not stop renewals for the life of the process
+            log.exception("renewal sweep failed")
+
+
+async def sweep_renewals(gw: Gateway, now: datetime) -> None:
+    """One round: every account due by `now`. One that cannot be renewed is logged and
+    skipped, so the accounts due after it are still renewed; a store failure ends the round."""
+    for account_id in await gw.billing.due(now):
+        try:
+            await gw.billing.current(account_id, gw.catalog.current.catalog.plans, now)
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("renewal of %s skipped", account_id, extra={"account_id": account_id})
 
 
 async def _spool_replayer(app: web.Application) -> AsyncIterator[None]:

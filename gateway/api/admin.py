@@ -17,6 +17,7 @@ from gateway.api.schemas import (
     parse,
 )
 from gateway.billing.contract import Contract
+from gateway.billing.cycles import check_anchor
 from gateway.clock import iso
 from gateway.context import GATEWAY, Gateway
 from gateway.errors import (
@@ -87,11 +88,10 @@ async def create_account(request: web.Request) -> web.Response:
         raise ValidationFailed(
             "plan: give exactly one of plan or contract", details={"field": "plan"}
         )
-    anchor = body.anchor or now
-    if anchor.tzinfo is None:
-        raise ValidationFailed("anchor: give a UTC offset, e.g. Z", details={"field": "anchor"})
-    if anchor > now:
-        raise ValidationFailed("anchor: must not be in the future", details={"field": "anchor"})
+    try:  # checked and made UTC before anything is written
+        anchor = check_anchor(body.anchor or now, now)
+    except ValueError as exc:
+        raise ValidationFailed(f"anchor: {exc}", details={"field": "anchor"}) from exc
     if body.contract is not None:
         operations.check_contract_prices(body.contract, catalog)
         record = await gw.accounts.create_enterprise(

@@ -28,13 +28,14 @@ async def current(gw: Gateway, account_id: str) -> AccountRecord:
 
 async def change_plan(gw: Gateway, account_id: str, plan: str, *, preview: bool) -> dict[str, Any]:
     """Upgrade, schedule a downgrade or subscribe again; a preview only says what it would do."""
-    plans = gw.catalog.current.catalog.plans
+    catalog = gw.catalog.current.catalog
+    plans, rule = catalog.plans, catalog.billing.upgrade_credits
     now = gw.clock()
     record, transition = await gw.billing.change(
         account_id,
         plans,
         now,
-        lambda r: changes.change_plan(r.subscription(), plans, plan, now),
+        lambda r: changes.change_plan(r.subscription(), plans, plan, now, upgrade_credits=rule),
         dry_run=preview,
     )
     view = _change_view(record, transition, plan)

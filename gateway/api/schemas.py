@@ -15,6 +15,8 @@ from gateway.store.accounts import AccountRecord, OrgRecord
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_CREDIT_DELTA = 10**12  # SPEC 7: |delta| <= 10^12, far inside the scripts' exact integers
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,7 +34,7 @@ class PlanChoice(_Body):
 
 
 class CreditAdjustment(_Body):
-    delta: int = Field(strict=True)
+    delta: int = Field(strict=True, ge=-MAX_CREDIT_DELTA, le=MAX_CREDIT_DELTA)
     reason: str = Field(min_length=1, max_length=500)
 
 

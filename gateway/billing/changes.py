@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from gateway.billing.contract import Contract
 from gateway.billing.cycles import add_months, cycle_at, cycle_index
-from gateway.billing.money import overage_cents, prorate
+from gateway.billing.money import overage_cents, prorate, prorate_credits
 from gateway.billing.subscription import (
     Entry,
     IdFactory,
@@ -21,6 +21,9 @@ from gateway.catalog.models import Plan
 from gateway.clock import to_ms
 from gateway.errors import Conflict, ValidationFailed
 
+# The scripts compute in Lua numbers (doubles): integers are exact up to 2^53 (9.0e15).
+MAX_ALLOCATION = 10**15
+
 
 def renew(
     sub: Subscription, plans: dict[str, Plan], now: datetime, make_id: IdFactory = new_entry_id
@@ -31,7 +34,7 @@ def renew(
     entries: list[Entry] = []
     status, plan, pending = sub.status, sub.plan, sub.pending_plan
     start, end = sub.cycle_start, sub.cycle_end
-    allocation, used, price = sub.allocation, sub.used, sub.price_cents
+    allocation, used, price = sub.allocation, sub.used, paid_price(sub, plans)
     concurrency: int | None = None
     rps: int | None = None
 
@@ -132,15 +135,28 @@ def renew(
     )
 
 
+def paid_price(sub: Subscription, plans: dict[str, Plan]) -> int:
+    """What one cycle costs the account now: the price recorded when it subscribed, renewed
+    or changed plan (R3), whatever the catalog says since. An account written before the
+    price was recorded pays its plan's catalog price."""
+    if sub.price_cents is not None:
+        return sub.price_cents
+    plan = plans.get(sub.plan or "")
+    return plan.price_cents if plan is not None else 0
+
+
 def change_plan(
     sub: Subscription,
     plans: dict[str, Plan],
     target: str,
     now: datetime,
     make_id: IdFactory = new_entry_id,
+    *,
+    upgrade_credits: str = "full",
 ) -> Transition:
     """Upgrade now with proration (R3, R4), downgrade at the next cycle (R5), or subscribe
-    again after a cancellation ended (R6)."""
+    again after a cancellation ended (R6). `upgrade_credits` is the catalog's
+    `billing.upgrade_credits`: `full` or `prorated` (R4)."""
     new = plans.get(target)
     if new is None:
         raise ValidationFailed(
@@ -160,10 +176,15 @@ def change_plan(
     if target == sub.plan:
         raise Conflict(f"The account is already on {target}", details={"field": "plan"})
 
-    current_price = plans[sub.plan].price_cents if sub.plan in plans else sub.price_cents
+    current_price = paid_price(sub, plans)  # never the old plan's catalog price (R3)
     if new.price_cents > current_price:
         charge, left, total = prorate(
             new.price_cents - current_price, sub.cycle_start, sub.cycle_end, now
+        )
+        # R4: the balance (allocation - used) is floored at 0: a plan with fewer credits than
+        # already used leaves nothing, never a debt.
+        allocation = max(
+            _upgraded_allocation(sub, plans, new, left, total, upgrade_credits), sub.used
         )
         entry = Entry(
             make_id(),
@@ -173,7 +194,7 @@ def change_plan(
             sub.cycle_start,
             sub.cycle_end,
             charge,
-            new.credits,
+            allocation,
             f"Upgrade from {sub.plan} to {target}, prorated {left}/{total} days",
             from_plan=sub.plan,
             to_plan=target,
@@ -183,9 +204,7 @@ def change_plan(
         fields: dict[str, str | int] = {
             "plan": target,
             "pending_plan": "",
-            # R4: balance = new credits - used, floored at 0 (a pricier plan with fewer credits
-            # than already used leaves nothing, never a debt).
-            "allocation": max(new.credits, sub.used),
+            "allocation": allocation,
             "rps": new.rate_limit_rps,
             "price_cents": new.price_cents,
         }
@@ -196,7 +215,7 @@ def change_plan(
             charge_cents=charge,
             effective_at=now,
             org_concurrency=new.concurrency,
-            extra={"days_left": left, "days_total": total},
+            extra={"days_left": left, "days_total": total, "allocation": allocation},
         )
     entry = Entry(
         make_id(),
@@ -214,6 +233,19 @@ def change_plan(
     return Transition(
         "downgrade", {"pending_plan": target}, (entry,), charge_cents=0, effective_at=sub.cycle_end
     )
+
+
+def _upgraded_allocation(
+    sub: Subscription, plans: dict[str, Plan], new: Plan, left: int, total: int, rule: str
+) -> int:
+    """This cycle's allocation after an upgrade to `new` with `left` of `total` days left (R4)."""
+    if rule != "prorated":
+        return new.credits
+    old = plans[sub.plan].credits if sub.plan in plans else sub.allocation
+    # The prorated difference is added to what the cycle holds, which is the old plan's credits
+    # unless ops adjusted it or an earlier upgrade in this cycle was prorated too: then two
+    # upgrades in a row give what one would, and an adjustment is kept.
+    return max(0, sub.allocation + prorate_credits(old, new.credits, left, total) - old)
 
 
 def _resubscribe(
@@ -301,10 +333,29 @@ def reactivate(sub: Subscription, now: datetime, make_id: IdFactory = new_entry_
 def adjust(
     sub: Subscription, delta: int, reason: str, now: datetime, make_id: IdFactory = new_entry_id
 ) -> Transition:
-    """An ops credit adjustment to this cycle's allocation; it expires with the cycle."""
-    if sub.allocation + delta < 0:
-        raise ValidationFailed(
-            "delta: would make the allocation negative",
+    """An ops credit adjustment to this cycle's allocation; it expires with the cycle.
+
+    An account that may not run into overage keeps an allocation that covers what it used and
+    holds this cycle (a balance never below zero); one that may keeps it at 0 or more."""
+    allocation = sub.allocation + delta
+    overage = sub.contract is not None and sub.contract.overage
+    floor = 0 if overage else sub.used + sub.held
+    if allocation < floor:
+        raise Conflict(
+            "delta: would leave the allocation below the credits used and held this cycle"
+            if floor
+            else "delta: would make the allocation negative",
+            details={
+                "field": "delta",
+                "allocation": sub.allocation,
+                "used": sub.used,
+                "held": sub.held,
+                "min_delta": floor - sub.allocation,
+            },
+        )
+    if allocation > MAX_ALLOCATION:
+        raise Conflict(
+            f"delta: would take the allocation above {MAX_ALLOCATION}",
             details={"field": "delta", "allocation": sub.allocation},
         )
     entry = Entry(
@@ -319,7 +370,12 @@ def adjust(
         reason,
     )
     return Transition(
-        "adjustment", {"allocation": sub.allocation + delta}, (entry,), effective_at=now
+        "adjustment",
+        {"allocation": allocation},
+        (entry,),
+        effective_at=now,
+        # Charges land between this read and the write: the script checks again, atomically.
+        keeps_balance=not overage,
     )
 
 

@@ -28,6 +28,13 @@ def prorate(
     return round_half_up_div(max(0, delta_cents) * left, total), left, total
 
 
+def prorate_credits(old_credits: int, new_credits: int, left: int, total: int) -> int:
+    """The old plan's credits moved toward the new plan's by L/T of the difference, rounded
+    half up (R4 `prorated`); always between the two."""
+    share = round_half_up_div(abs(new_credits - old_credits) * left, total)
+    return old_credits + share if new_credits >= old_credits else old_credits - share
+
+
 def overage_cents(overage_credits: int, rate_cents_per_1k: int) -> int:
     """What `overage_credits` cost at a per-1000-credit rate, rounded half up to cents (R8)."""
     return round_half_up_div(max(0, overage_credits) * rate_cents_per_1k, 1000)

@@ -34,9 +34,12 @@ class Subscription:
     cycle_end: datetime
     allocation: int
     used: int
-    price_cents: int  # what one cycle of the current plan or contract costs
+    # What one cycle of the current plan or contract costs this account, recorded when it
+    # subscribed, renewed or changed plan; None in an account written before it was recorded.
+    price_cents: int | None
     pending_plan: str | None = None
     version: int = 0
+    held: int = 0  # credits held by requests in flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,4 +99,7 @@ class Transition:
     charge_cents: int = 0
     effective_at: datetime | None = None
     org_concurrency: int | None = None  # the public account's one org follows its plan
+    # Apply only if the new `allocation` still covers the account's used + held credits at the
+    # moment of writing (unless it may run into overage): a Conflict otherwise.
+    keeps_balance: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

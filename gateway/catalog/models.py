@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -162,12 +162,19 @@ class MetricsOptions(_Frozen):
     per_org: bool = False
 
 
+class BillingOptions(_Frozen):
+    # R4: `full` gives an upgraded cycle the new plan's whole credits; `prorated` only the
+    # new plan's extra credits for the days left, as the price difference is prorated.
+    upgrade_credits: Literal["full", "prorated"] = "full"
+
+
 class Catalog(_Frozen):
     upstreams: dict[str, Upstream]
     routes: tuple[Route, ...]
     plans: dict[str, Plan]
     limits: Limits = Limits()
     metrics: MetricsOptions = MetricsOptions()
+    billing: BillingOptions = BillingOptions()
     version: str = Field(default="", exclude=True)
 
     @model_validator(mode="after")

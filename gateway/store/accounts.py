@@ -70,7 +70,7 @@ class AccountRecord:
     rate_limit_rps: int
     overage_allowed: bool
     created_at: datetime
-    price_cents: int = 0
+    price_cents: int | None = None  # None: written before the price paid was recorded
     pending_plan: str | None = None
     contract: Contract | None = None
     version: int = 0
@@ -104,6 +104,7 @@ class AccountRecord:
             price_cents=self.price_cents,
             pending_plan=self.pending_plan,
             version=self.version,
+            held=self.held,
         )
 
 
@@ -309,7 +310,7 @@ class Accounts:
             rate_limit_rps=int(raw["rps"]),
             overage_allowed=raw.get("overage") == "1",
             created_at=from_ms(int(raw["created_at"])),
-            price_cents=int(raw.get("price_cents", 0)),
+            price_cents=int(raw["price_cents"]) if "price_cents" in raw else None,
             pending_plan=raw.get("pending_plan") or None,
             contract=Contract.model_validate_json(raw["contract"]) if raw.get("contract") else None,
             version=int(raw.get("version", 0)),

@@ -11,7 +11,7 @@ from gateway.billing import changes
 from gateway.billing.subscription import Transition
 from gateway.catalog.models import Plan
 from gateway.clock import to_ms
-from gateway.errors import NotFound, StoreError
+from gateway.errors import Conflict, NotFound, StoreError
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, Accounts
 from gateway.store.scripts import APPLY
@@ -37,12 +37,27 @@ class Billing:
             flat += [name, value]
         # A renewal bills this cycle's usage (overage), so it must not miss a late charge.
         used = str(record.used) if transition.kind == "renew" else ""
-        applied = await APPLY.run(
-            self.client,
-            [keys.account(record.id), keys.billing(record.id)],
-            [record.version, used, len(fields), *flat, *(e.dumps() for e in transition.entries)],
+        floor = fields["allocation"] if transition.keeps_balance else ""
+        applied = int(
+            await APPLY.run(
+                self.client,
+                [keys.account(record.id), keys.billing(record.id)],
+                [
+                    record.version,
+                    used,
+                    floor,
+                    len(fields),
+                    *flat,
+                    *(e.dumps() for e in transition.entries),
+                ],
+            )
         )
-        if not int(applied):
+        if applied < 0:
+            raise Conflict(
+                "The allocation would drop below the credits used and held this cycle",
+                details={"field": "allocation", "allocation": fields["allocation"]},
+            )
+        if not applied:
             return False
         if "cycle_end" in fields or "status" in fields:
             if fields.get("status", record.status) == "canceled":

@@ -9,6 +9,8 @@ import pytest
 from tests.support.harness import Running, catalog_for, start_gateway
 from tests.support.upstream import RecordingUpstream
 
+CONTRACT = {"credits_per_cycle": 1000, "price_cents": 500, "concurrency": 5, "rate_limit_rps": 50}
+
 
 async def test_wrong_or_missing_token_is_401(gateway: Running) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "test-admin-token"}):
@@ -94,6 +96,33 @@ async def test_bad_account_input_names_the_field(
     assert status == 400, reply
     assert reply["error"]["code"] == "VALIDATION_ERROR"
     assert reply["error"]["details"]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("anchor", "words"),
+    [
+        ("0001-01-01T00:00:00+05:00", "before 2000-01-01"),  # its UTC instant is in year 0
+        ("0001-01-01T05:00:00+05:00", "before 2000-01-01"),
+        ("1999-12-31T23:59:59Z", "before 2000-01-01"),
+        ("2000-01-01T00:30:00+01:00", "before 2000-01-01"),
+        ("9999-12-31T23:59:59-05:00", "future"),
+        ("2026-01-01T00:00:00", "UTC offset"),
+    ],
+)
+async def test_an_anchor_out_of_range_is_400_and_writes_nothing(
+    gateway: Running, anchor: str, words: str
+) -> None:
+    for body in (
+        {"name": "x", "plan": "lite", "anchor": anchor},
+        {"name": "x", "contract": CONTRACT, "anchor": anchor},
+    ):
+        status, reply = await gateway.admin_call("POST", "/admin/accounts", json=body)
+        assert status == 400, reply
+        assert reply["error"]["code"] == "VALIDATION_ERROR"
+        assert reply["error"]["details"]["field"] == "anchor"
+        assert words in reply["error"]["message"]
+    # Nothing was written: no account, no index, nothing queued for the renewal sweeper.
+    assert await gateway.gw.client.keys("gw:*") == []
 
 
 async def test_bad_json_and_unknown_ids(gateway: Running) -> None:

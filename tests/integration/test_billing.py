@@ -6,8 +6,11 @@ with back-dated anchors so that a cycle ends a couple of seconds into the test."
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from tests.support.clock import ANCHOR, MovableClock
 from tests.support.harness import Customer, Running, catalog_for, start_gateway
@@ -298,7 +301,7 @@ async def test_ops_credit_adjustment(gw: Running) -> None:
     for bad, field in (
         ({"delta": 0, "reason": "x"}, "delta"),
         ({"delta": 5}, "reason"),
-        ({"delta": -(10**9), "reason": "x"}, "delta"),
+        ({"delta": -(10**12) - 1, "reason": "x"}, "delta"),
         ({"delta": "5", "reason": "x"}, "delta"),
     ):
         status, body = await gw.admin_call(
@@ -320,6 +323,51 @@ async def test_ops_credit_adjustment(gw: Running) -> None:
         "credits",
         "description",
     }
+
+
+async def test_credit_adjustments_never_take_a_public_balance_below_zero(gw: Running) -> None:
+    c = await customer(gw)
+    assert (await gw.call("POST", "/v1/monitor/chatgpt", c.key, json={"pages": 1}))[0] == 200
+    _, _, account = await gw.call("GET", "/v1/account", c.key)
+    used = account["credits"]["used"]
+    assert used > 0
+    credits_url = f"/admin/accounts/{c.account_id}/credits"
+    status, body = await gw.admin_call("POST", credits_url, json={"delta": -37500, "reason": "x"})
+    assert status == 409 and body["error"]["code"] == "CONFLICT", body
+    assert body["error"]["details"]["field"] == "delta"
+    assert body["error"]["details"]["min_delta"] == used - 37500
+    _, _, account = await gw.call("GET", "/v1/account", c.key)
+    assert account["credits"]["allocation"] == 37500 and account["credits"]["overage"] == 0
+    # Taking away exactly what is left is allowed: the balance is then zero.
+    status, body = await gw.admin_call(
+        "POST", credits_url, json={"delta": used - 37500, "reason": "x"}
+    )
+    assert status == 201, body
+    status, _, body = await gw.call("POST", "/v1/monitor/flat", c.key)
+    assert status == 403 and body["error"]["code"] == "INSUFFICIENT_CREDITS"
+    assert body["error"]["details"]["remaining"] == 0
+    _, _, credits = await gw.call("GET", "/v1/credits", c.key)
+    assert credits["remaining"] == 0
+    _, body = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}/billing")
+    assert [e["type"] for e in body["entries"]] == ["adjustment", "subscribe"]
+
+
+@pytest.mark.parametrize("delta", [9223372036854775807, -9223372036854775808, 10**12 + 1])
+async def test_a_credit_delta_beyond_10_to_the_12_is_400(gw: Running, delta: int) -> None:
+    c = await customer(gw)
+    status, body = await gw.admin_call(
+        "POST", f"/admin/accounts/{c.account_id}/credits", json={"delta": delta, "reason": "x"}
+    )
+    assert status == 400 and body["error"]["code"] == "VALIDATION_ERROR"
+    assert body["error"]["details"]["field"] == "delta"
+    status, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+    assert status == 200 and headers["X-Credits-Remaining"] == str(37500 - 10)
+    status, body = await gw.admin_call(
+        "POST", f"/admin/accounts/{c.account_id}/credits", json={"delta": 10**12, "reason": "x"}
+    )
+    assert status == 201
+    _, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+    assert headers["X-Credits-Remaining"] == str(10**12 + 37500 - 20)
 
 
 async def test_admin_plan_change_cancel_reactivate(gw: Running) -> None:
@@ -347,5 +395,119 @@ async def test_the_sweeper_renews_an_untouched_account(
         assert await gw.gw.client.llen(billing_key) == 2
         raw = await gw.gw.client.hget(f"gw:{{acct:{c.account_id}}}:account", "cycle_start")
         assert raw == str(1773568800000)  # 2026-03-15T10:00:00Z
+    finally:
+        await gw.close()
+
+
+async def test_an_anchor_with_an_offset_bills_the_cycles_of_its_utc_instant(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    # 03-31T01:00+02:00 is 03-30T23:00Z: every cycle starts on the 30th (clamped) at 23:00Z.
+    clock = MovableClock(datetime(2026, 12, 1, tzinfo=UTC))
+    gw = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock)
+    try:
+        status, account = await gw.admin_call(
+            "POST",
+            "/admin/accounts",
+            json={"name": "Tz", "plan": "lite", "anchor": "2026-03-31T01:00:00+02:00"},
+        )
+        assert status == 201, account
+        assert account["anchor"] == "2026-03-30T23:00:00.000Z"
+        assert account["cycle"] == {
+            "start": "2026-11-30T23:00:00.000Z",
+            "end": "2026-12-30T23:00:00.000Z",
+        }
+        clock.jump(timedelta(days=31))  # 2027-01-01: one cycle ended, not two
+        _, account = await gw.admin_call("GET", f"/admin/accounts/{account['id']}")
+        assert account["cycle"] == {
+            "start": "2026-12-30T23:00:00.000Z",
+            "end": "2027-01-30T23:00:00.000Z",
+        }
+        _, body = await gw.admin_call("GET", f"/admin/accounts/{account['id']}/billing")
+        history = [(e["type"], e["cycle_start"], e["amount_cents"]) for e in body["entries"]]
+        assert history == [
+            ("renew", "2026-12-30T23:00:00.000Z", 3000),
+            ("subscribe", "2026-11-30T23:00:00.000Z", 3000),
+        ]
+    finally:
+        await gw.close()
+
+
+async def test_the_sweeper_skips_an_account_it_cannot_renew(
+    redis_url: str,
+    upstream: RecordingUpstream,
+    clock: MovableClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = await start_gateway(redis_url, catalog_for(upstream.url), clock=clock, renewal_sweep_s=0.2)
+    try:
+        broken, healthy = await customer(gw), await customer(gw)
+        # What the old code wrote for the anchor 0001-01-01T00:00:00+05:00: an instant in year
+        # 0 that no datetime can hold. It is first in line for the sweeper.
+        client = gw.gw.client
+        await client.hset(f"gw:{{acct:{broken.account_id}}}:account", "anchor", -62135614800000)
+        await client.zadd("gw:cycle_ends", {broken.account_id: 0})
+        healthy_billing = f"gw:{{acct:{healthy.account_id}}}:billing"
+        with caplog.at_level(logging.ERROR, logger="gateway.app"):
+            await asyncio.sleep(2.6)  # the healthy account's cycle ends; only the sweeper runs
+        assert await client.llen(healthy_billing) == 2  # subscribe, renew
+        raw = await client.hget(f"gw:{{acct:{healthy.account_id}}}:account", "cycle_start")
+        assert raw == str(1773568800000)  # 2026-03-15T10:00:00Z
+        assert any(
+            r.getMessage() == f"renewal of {broken.account_id} skipped" for r in caplog.records
+        )
+    finally:
+        await gw.close()
+
+
+async def test_an_upgrade_is_prorated_from_the_price_the_account_pays(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    clock = MovableClock(datetime(2026, 3, 25, 10, 0, 0, tzinfo=UTC))
+    catalog = catalog_for(upstream.url)
+    gw = await start_gateway(redis_url, catalog, clock=clock)
+    try:
+        c = await gw.new_customer("lite", anchor="2026-01-15T00:00:00Z")  # pays $30
+        lite = catalog.plans["lite"].model_copy(update={"price_cents": 9000})
+        gw.gw.catalog.swap(catalog.model_copy(update={"plans": {**catalog.plans, "lite": lite}}))
+        status, _, preview = await gw.call(
+            "POST", "/v1/account/subscription/preview", c.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and preview["charge_cents"] == 4742  # 7000 x 21/31, not 1000 x
+        status, _, done = await gw.call(
+            "POST", "/v1/account/subscription", c.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and done["entry"]["amount_cents"] == 4742
+    finally:
+        await gw.close()
+
+
+async def test_prorated_upgrade_credits_from_the_catalog(
+    redis_url: str, upstream: RecordingUpstream
+) -> None:
+    # One hour before the cycle ends (03-15 -> 04-15, T = 31): L = 1.
+    clock = MovableClock(datetime(2026, 4, 14, 23, 0, 0, tzinfo=UTC))
+    catalog = catalog_for(upstream.url)
+    gw = await start_gateway(redis_url, catalog, clock=clock)
+    try:
+        full = await gw.new_customer("lite", anchor="2026-01-15T00:00:00Z")
+        prorated = await gw.new_customer("lite", anchor="2026-01-15T00:00:00Z")
+        status, _, done = await gw.call(
+            "POST", "/v1/account/subscription", full.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and done["charge_cents"] == 226 and done["allocation"] == 250000
+        billing = catalog.billing.model_copy(update={"upgrade_credits": "prorated"})
+        gw.gw.catalog.swap(catalog.model_copy(update={"billing": billing}))
+        status, _, preview = await gw.call(
+            "POST", "/v1/account/subscription/preview", prorated.key, json={"plan": "hobby"}
+        )
+        # 37500 + round-half-up(212500 x 1/31) = 44355; the charge does not change.
+        assert preview["charge_cents"] == 226 and preview["allocation"] == 44355
+        status, _, done = await gw.call(
+            "POST", "/v1/account/subscription", prorated.key, json={"plan": "hobby"}
+        )
+        assert status == 200 and done["entry"]["credits"] == 44355
+        _, _, credits = await gw.call("GET", "/v1/credits", prorated.key)
+        assert credits["remaining"] == 44355 and credits["perCycle"] == 44355
     finally:
         await gw.close()

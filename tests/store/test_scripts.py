@@ -19,11 +19,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from gateway.billing import changes
 from gateway.catalog.models import Plan
 from gateway.clock import to_ms
+from gateway.errors import Conflict
 from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, Accounts, KeyRecord, hash_key
+from gateway.store.billing import Billing
 from gateway.store.ledger import (
     REQUEST_LOG_LENGTH,
     USAGE_RETENTION_S,
@@ -199,6 +202,31 @@ async def account_created_for_the_current_cycle(client: Any) -> None:
     assert await w.field("cycle_end") == str(CYCLE_END_MS)
     assert await w.balance() == (100, 0, 0)
     assert await w.field(f"key:{w.key.id}") == w.who.org_id
+
+
+@case
+async def an_adjustment_never_leaves_a_public_balance_below_zero(client: Any) -> None:
+    w = await make_world(client, credits=100)
+    billing = Billing(w.accounts)
+    stale = await w.accounts.get(w.account.id)
+    assert stale is not None
+    # Both adjustments are computed while nothing is used, then charges land before the write:
+    # apply.lua checks the new allocation against used + held at the moment it writes.
+    take_95 = changes.adjust(stale.subscription(), -95, "too much", NOW)
+    take_90 = changes.adjust(stale.subscription(), -90, "just enough", NOW)
+    assert await w.admit("r1", 10) == ok(5, 4, 3, 1, 90)
+    assert (await w.settle("r1")).charged == 10
+    with pytest.raises(Conflict):
+        await billing.apply(stale, take_95)
+    assert await w.balance() == (100, 10, 0)
+    assert await client.llen(keys.billing(w.account.id)) == 1  # only the subscribe entry
+    assert await w.admit("r2", 1, at=NOW_MS + 1000) == ok(5, 4, 3, 1, 89)
+    with pytest.raises(Conflict):  # 10 used + 1 held > 100 - 90
+        await billing.apply(stale, take_90)
+    assert (await w.settle("r2", charge=False, at=NOW_MS + 1250)).charged == 0
+    assert await billing.apply(stale, take_90)
+    assert await w.balance() == (10, 10, 0)
+    assert await client.llen(keys.billing(w.account.id)) == 2
 
 
 @case

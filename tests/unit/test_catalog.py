@@ -83,6 +83,10 @@ def test_the_shipped_catalog_has_public_plans(shipped: Catalog) -> None:
         assert plan.concurrency >= 1
 
 
+def test_the_shipped_catalog_gives_upgrades_the_full_credits(shipped: Catalog) -> None:
+    assert shipped.billing.upgrade_credits == "full"
+
+
 def test_the_shipped_chatgpt_price_includes_the_sync_surcharge(shipped: Catalog) -> None:
     price = Snapshot(shipped).match("/v1/monitor/chatgpt", "POST").price
     assert price is not None
@@ -136,6 +140,12 @@ BAD_FILES = [
         id="path+prefix",
     ),
     pytest.param("not_yaml.yaml", f"{BAD / 'not_yaml.yaml'}:4", "invalid YAML", id="yaml"),
+    pytest.param(
+        "unknown_upgrade_credits.yaml",
+        "billing.upgrade_credits",
+        "'full' or 'prorated'",
+        id="upgrade credits",
+    ),
 ]
 
 
@@ -224,6 +234,15 @@ def test_a_missing_file_is_reported() -> None:
         load_catalog(missing)
     [problem] = caught.value.problems
     assert problem.startswith(f"{missing}: cannot read")
+
+
+def test_upgrade_credits_default_to_full_and_may_be_prorated() -> None:
+    assert catalog_with_routes("  []\n").billing.upgrade_credits == "full"
+    prorated = parse_catalog(HEADER + b"routes: []\nbilling: {upgrade_credits: prorated}\n")
+    assert prorated.billing.upgrade_credits == "prorated"
+    assert problems_of(HEADER + b"routes: []\nbilling: {grace_days: 3}\n") == [
+        "billing.grace_days: unknown key"
+    ]
 
 
 def test_version_is_not_a_catalog_key() -> None:

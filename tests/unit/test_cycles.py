@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.billing.cycles import add_months, cycle_at, cycle_index
+from gateway.billing.cycles import add_months, check_anchor, cycle_at, cycle_index
 
 MICROSECOND = timedelta(microseconds=1)
 
@@ -246,3 +246,78 @@ def test_cycle_start_keeps_the_anchor_time_of_day(anchor: datetime, k: int) -> N
     start = add_months(anchor, k)
     assert start.timetz() == anchor.timetz()
     assert start.utcoffset() == timedelta(0)
+
+
+# Anchors with an offset (R1: the same instant, converted to UTC before any cycle math) -------
+
+offsets = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+
+
+@given(anchor=anchors, zone=offsets, k=st.integers(min_value=-24, max_value=12 * 100))
+def test_an_anchor_with_an_offset_has_the_cycles_of_its_utc_instant(
+    anchor: datetime, zone: timezone, k: int
+) -> None:
+    local = anchor.astimezone(zone)
+    assert add_months(local, k) == add_months(anchor, k)
+    assert add_months(local, k).utcoffset() == timedelta(0)
+
+
+@given(anchor=anchors, zone=offsets, now_zone=offsets, offset=later)
+def test_the_cycle_holding_now_ignores_the_offsets_it_is_written_in(
+    anchor: datetime, zone: timezone, now_zone: timezone, offset: timedelta
+) -> None:
+    now = anchor + offset
+    local_anchor, local_now = anchor.astimezone(zone), now.astimezone(now_zone)
+    assert cycle_index(local_anchor, local_now) == cycle_index(anchor, now)
+    assert cycle_at(local_anchor, local_now) == cycle_at(anchor, now)
+
+
+def test_the_reported_anchor_keeps_its_utc_day_not_its_local_day() -> None:
+    # 03-31T01:00+02:00 is 03-30T23:00Z: cycles end on the 30th at 23:00Z, not the 29th.
+    anchor = datetime.fromisoformat("2026-03-31T01:00:00+02:00")
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    assert cycle_at(anchor, now) == (
+        datetime(2026, 11, 30, 23, tzinfo=UTC),
+        datetime(2026, 12, 30, 23, tzinfo=UTC),
+    )
+
+
+def test_naive_times_are_refused_rather_than_read_as_local_time() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        add_months(datetime(2026, 1, 31), 1)
+
+
+NOW = datetime(2026, 3, 15, 9, 59, 58, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-01T01:00:00+01:00", datetime(2026, 3, 1, tzinfo=UTC)),
+        ("2000-01-01T00:00:00Z", datetime(2000, 1, 1, tzinfo=UTC)),
+        ("2000-01-01T00:00:00-05:00", datetime(2000, 1, 1, 5, tzinfo=UTC)),
+        ("2026-03-15T11:59:58+02:00", NOW),
+    ],
+)
+def test_check_anchor_gives_the_utc_instant(text: str, expected: datetime) -> None:
+    checked = check_anchor(datetime.fromisoformat(text), NOW)
+    assert checked == expected and checked.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("0001-01-01T00:00:00+05:00", "before 2000-01-01"),
+        ("0001-01-01T05:00:00+05:00", "before 2000-01-01"),
+        ("2000-01-01T00:59:59+01:00", "before 2000-01-01"),
+        ("1999-12-31T23:59:59.999Z", "before 2000-01-01"),
+        ("9999-12-31T23:59:59-05:00", "future"),
+        ("2026-03-15T09:59:58.001Z", "future"),
+        ("2026-03-01T00:00:00", "UTC offset"),
+    ],
+)
+def test_check_anchor_refuses_anchors_out_of_range(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        check_anchor(datetime.fromisoformat(text.replace("Z", "+00:00")), NOW)

@@ -11,10 +11,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.billing.changes import adjust, cancel, change_plan, reactivate, renew
+from gateway.billing.changes import (
+    MAX_ALLOCATION,
+    adjust,
+    cancel,
+    change_plan,
+    paid_price,
+    reactivate,
+    renew,
+)
 from gateway.billing.contract import Contract
 from gateway.billing.cycles import add_months
-from gateway.billing.money import days_between, overage_cents, prorate, round_half_up_div
+from gateway.billing.money import (
+    days_between,
+    overage_cents,
+    prorate,
+    prorate_credits,
+    round_half_up_div,
+)
 from gateway.billing.subscription import Subscription, Transition
 from gateway.catalog.models import Plan
 from gateway.clock import parse_iso, to_ms
@@ -279,6 +293,145 @@ def test_an_upgrade_never_leaves_a_negative_balance_when_usage_was_within_the_al
     assert allocation == old_credits + extra_credits
     assert isinstance(allocation, int)
     assert allocation - used >= 0
+
+
+# The price the account pays (R3) and prorated upgrade credits (R4) -------------------------
+
+
+def test_an_upgrade_prorates_from_the_price_paid_not_the_old_plans_catalog_price() -> None:
+    # The account subscribed to lite at $30; a reload since made lite $90.
+    repriced = {**PLANS, "lite": LITE.model_copy(update={"price_cents": 9_000})}
+    sub = public("lite", price_cents=3_000)
+    transition = change_plan(sub, repriced, "hobby", MID_CYCLE)
+    assert transition.kind == "upgrade"
+    assert transition.charge_cents == 4_742  # 7000 x 21/31, as before the reload
+    assert paid_price(sub, repriced) == 3_000
+
+
+def test_a_plan_pricier_than_the_catalog_old_plan_but_not_than_the_price_paid_is_a_downgrade() -> (
+    None
+):
+    cheaper = {**PLANS, "lite": LITE.model_copy(update={"price_cents": 1_000})}
+    sub = public("lite", plans=cheaper, price_cents=3_000)
+    cheap = {
+        **cheaper,
+        "basic": Plan(price_cents=2_000, credits=50_000, concurrency=5, rate_limit_rps=5),
+    }
+    assert change_plan(sub, cheap, "basic", MID_CYCLE).kind == "downgrade"
+
+
+def test_an_account_without_a_recorded_price_pays_its_plans_catalog_price() -> None:
+    sub = public("lite", price_cents=None)
+    assert paid_price(sub, PLANS) == 3_000
+    assert change_plan(sub, PLANS, "hobby", MID_CYCLE).charge_cents == 4_742
+    renewed = renew(sub, PLANS, CYCLE_END)
+    assert renewed is not None and renewed.fields["price_cents"] == 3_000
+
+
+ONE_HOUR_LEFT = CYCLE_END - timedelta(hours=1)
+
+
+def test_full_upgrade_credits_give_the_whole_new_allocation_on_the_last_day() -> None:
+    transition = change_plan(public("lite"), PLANS, "hobby", ONE_HOUR_LEFT)
+    assert transition.charge_cents == 226  # 7000 x 1/31
+    assert transition.fields["allocation"] == 250_000
+    assert transition.extra["allocation"] == 250_000
+
+
+def test_prorated_upgrade_credits_close_the_last_day_gap() -> None:
+    transition = change_plan(
+        public("lite"), PLANS, "hobby", ONE_HOUR_LEFT, upgrade_credits="prorated"
+    )
+    assert transition.charge_cents == 226
+    # 37500 + round-half-up(212500 x 1/31) = 37500 + 6855 (6854.8)
+    assert transition.fields["allocation"] == 44_355
+    assert transition.extra["allocation"] == 44_355
+    assert transition.entries[0].credits == 44_355
+
+
+def test_prorated_upgrade_credits_the_spec_worked_example() -> None:
+    transition = change_plan(public("lite"), PLANS, "hobby", MID_CYCLE, upgrade_credits="prorated")
+    # 37500 + round-half-up(212500 x 21/31) = 37500 + 143952 (143951.6)
+    assert transition.fields["allocation"] == 181_452
+
+
+def test_prorated_upgrade_keeps_an_adjustment_and_floors_the_balance_at_zero() -> None:
+    adjusted = change_plan(
+        public("lite", allocation=38_000), PLANS, "hobby", ONE_HOUR_LEFT, upgrade_credits="prorated"
+    )
+    assert adjusted.fields["allocation"] == 44_855
+    # A pricier plan with fewer credits takes its share away; the balance stops at zero.
+    pricey = {
+        **PLANS,
+        "pricey": Plan(price_cents=5_000, credits=10_000, concurrency=5, rate_limit_rps=5),
+    }
+    fewer = change_plan(
+        public("lite", used=30_000), pricey, "pricey", ONE_HOUR_LEFT, upgrade_credits="prorated"
+    )
+    assert fewer.fields["allocation"] == 37_500 - 887  # 27500 x 1/31 = 887.1
+    overdrawn = change_plan(
+        public("lite", used=37_000), pricey, "pricey", ONE_HOUR_LEFT, upgrade_credits="prorated"
+    )
+    assert overdrawn.fields["allocation"] == 37_000
+
+
+def test_two_prorated_upgrades_in_one_cycle_give_what_one_would() -> None:
+    first = change_plan(public("lite"), PLANS, "hobby", ONE_HOUR_LEFT, upgrade_credits="prorated")
+    after_first = public(
+        "hobby",
+        allocation=int(first.fields["allocation"]),
+        price_cents=int(first.fields["price_cents"]),
+    )
+    second = change_plan(after_first, PLANS, "pro", ONE_HOUR_LEFT, upgrade_credits="prorated")
+    direct = change_plan(public("lite"), PLANS, "pro", ONE_HOUR_LEFT, upgrade_credits="prorated")
+    assert first.charge_cents + second.charge_cents == direct.charge_cents
+    # Each step rounds once: at most a credit apart, never hobby's whole 250,000 again.
+    assert abs(int(second.fields["allocation"]) - int(direct.fields["allocation"])) <= 1
+
+
+@given(
+    old=plan_credits,
+    new=plan_credits,
+    total=st.integers(min_value=28, max_value=31),
+    left_share=fractions,
+)
+def test_prorated_credits_lie_between_the_old_and_the_new_plans_credits(
+    old: int, new: int, total: int, left_share: float
+) -> None:
+    left = 1 + int(left_share * total)  # 1..total
+    credits = prorate_credits(old, new, left, total)
+    assert min(old, new) <= credits <= max(old, new)
+    if left == total:
+        assert credits == new
+    exact = old + (new - old) * left / total
+    assert abs(credits - exact) <= 0.5
+
+
+@given(
+    old_price=plan_prices,
+    extra_price=st.integers(min_value=1, max_value=1_000_000),
+    old_credits=plan_credits,
+    extra_credits=plan_credits,
+    fraction=fractions,
+)
+def test_a_prorated_upgrade_never_gives_more_than_full_nor_less_than_the_old_plan(
+    old_price: int, extra_price: int, old_credits: int, extra_credits: int, fraction: float
+) -> None:
+    plans = {
+        "small": Plan(price_cents=old_price, credits=old_credits, concurrency=1, rate_limit_rps=1),
+        "big": Plan(
+            price_cents=old_price + extra_price,
+            credits=old_credits + extra_credits,
+            concurrency=2,
+            rate_limit_rps=2,
+        ),
+    }
+    now = instant_in(CYCLE_START, CYCLE_END, fraction)
+    sub = public("small", plans)
+    prorated = change_plan(sub, plans, "big", now, upgrade_credits="prorated")
+    full = change_plan(sub, plans, "big", now)
+    assert prorated.charge_cents == full.charge_cents  # the rule changes credits, not money
+    assert old_credits <= int(prorated.fields["allocation"]) <= old_credits + extra_credits
 
 
 # Downgrades (R5) ----------------------------------------------------------------------------
@@ -559,10 +712,51 @@ def test_adjust_changes_this_cycles_allocation(delta: int, allocation: int) -> N
     assert (entry.cycle_start, entry.cycle_end) == (CYCLE_START, CYCLE_END)
 
 
-def test_adjust_below_zero_is_a_validation_error_on_delta() -> None:
-    with pytest.raises(ValidationFailed) as caught:
+def test_adjust_below_zero_is_a_conflict_on_delta() -> None:
+    with pytest.raises(Conflict) as caught:
         adjust(public("lite"), -37_501, "too much", MID_CYCLE)
-    assert caught.value.details["field"] == "delta"
+    assert caught.value.status == 409 and caught.value.details["field"] == "delta"
+
+
+@pytest.mark.parametrize(
+    ("used", "held", "delta"),
+    [(2, 0, -37_499), (0, 7, -37_494), (30_000, 500, -7_001), (37_500, 0, -1)],
+)
+def test_adjust_never_leaves_a_public_balance_below_zero(used: int, held: int, delta: int) -> None:
+    sub = public("lite", used=used, held=held)
+    with pytest.raises(Conflict) as caught:
+        adjust(sub, delta, "too much", MID_CYCLE)
+    assert caught.value.details == {
+        "field": "delta",
+        "allocation": 37_500,
+        "used": used,
+        "held": held,
+        "min_delta": used + held - 37_500,
+    }
+    # One credit less taken away leaves a balance of exactly zero, and the write is guarded.
+    transition = adjust(sub, delta + 1, "just enough", MID_CYCLE)
+    assert transition.fields == {"allocation": used + held}
+    assert transition.keeps_balance
+
+
+def test_adjust_may_take_an_overage_contract_below_its_use_but_not_below_zero() -> None:
+    sub = enterprise(used=900_000)
+    transition = adjust(sub, -500_000, "renegotiated", MID_CYCLE)
+    assert transition.fields == {"allocation": 500_000}
+    assert not transition.keeps_balance
+    with pytest.raises(Conflict):
+        adjust(sub, -1_000_001, "too much", MID_CYCLE)
+    # A contract without overage is held to its balance like a public plan.
+    strict = CONTRACT.model_copy(update={"overage": False})
+    with pytest.raises(Conflict):
+        adjust(enterprise(contract=strict, used=900_000), -100_001, "too much", MID_CYCLE)
+
+
+def test_adjust_keeps_the_allocation_an_exact_lua_integer() -> None:
+    sub = public("lite", allocation=MAX_ALLOCATION - 10)
+    assert adjust(sub, 10, "top", MID_CYCLE).fields == {"allocation": MAX_ALLOCATION}
+    with pytest.raises(Conflict):
+        adjust(sub, 11, "over the top", MID_CYCLE)
 
 
 def test_upgrade_balance_is_floored_at_zero_when_used_exceeds_the_new_credits() -> None:
