@@ -280,6 +280,10 @@ async def test_usage_requests_and_credits_views(gw: Running) -> None:
         ("from=yesterday", "from"),
         ("from=2025-01-01T00:00:00Z", "from"),
         ("from=2026-03-15T00:00:00Z&to=2026-03-14T00:00:00Z", "to"),
+        # Instants whose UTC conversion leaves the calendar (years 10000 and 0).
+        ("from=9999-12-31T23:00:00-05:00&to=9999-12-31T23:30:00-05:00", "from"),
+        ("from=0001-01-01T00:00:00%2B05:00", "from"),
+        ("from=2026-03-15T00:00:00Z&to=9999-12-31T23:00:00-05:00", "to"),
     ):
         status, _, body = await gw.call("GET", f"/v1/account/usage?{query}", c.key)
         assert status == 400 and body["error"]["details"]["field"] == field, query
