@@ -31,9 +31,10 @@ def usage_day(account_id: str, now_ms: int) -> str:
     return f"gw:{{acct:{account_id}}}:usage:d:{now_ms - now_ms % DAY_MS}"
 
 
-def idempotency(account_id: str, key_hash: str) -> str:
-    """The record of one Idempotency-Key; `-` names a key that is never written."""
-    return f"gw:{{acct:{account_id}}}:idem:{key_hash}"
+def idempotency(account_id: str, org_id: str, key_hash: str) -> str:
+    """The record of one Idempotency-Key of an org (a key belongs to the org that sent it,
+    SPEC 4); `-` names a key that is never written."""
+    return f"gw:{{acct:{account_id}}}:idem:{org_id}:{key_hash}"
 
 
 def billing(account_id: str) -> str:

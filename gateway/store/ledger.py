@@ -154,7 +154,7 @@ class Ledger:
     ) -> Admission:
         """price None: an unmetered route (rate window only, no lease, no hold)."""
         a = who.account_id
-        idem_key = keys.idempotency(a, idempotency.key_hash if idempotency else "-")
+        idem_key = keys.idempotency(a, who.org_id, idempotency.key_hash if idempotency else "-")
         reply = await self.call(
             "admit",
             self.batcher.run(
@@ -190,7 +190,7 @@ class Ledger:
                     keys.request_log(a),
                     keys.usage_hour(a, order["now_ms"]),
                     keys.usage_day(a, order["now_ms"]),
-                    keys.idempotency(a, order["idempotency_key"] or "-"),
+                    keys.idempotency(a, who.org_id, order["idempotency_key"] or "-"),
                 ],
                 [
                     order["request_id"],
@@ -213,7 +213,8 @@ class Ledger:
     async def stored_response(self, who: Identity, key_hash: str) -> str | None:
         """The response kept for an Idempotency-Key (one extra round trip, on retries only)."""
         raw = await self.call(
-            "lookup", self.client.hget(keys.idempotency(who.account_id, key_hash), "response")
+            "lookup",
+            self.client.hget(keys.idempotency(who.account_id, who.org_id, key_hash), "response"),
         )
         return None if raw is None else str(raw)
 

@@ -219,3 +219,29 @@ async def test_bad_contracts_name_the_field(gw: Running, terms: dict[str, Any], 
     assert body["error"]["details"]["field"] == field
     _, account = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}")
     assert account["kind"] == "public" and account["plan"] == "lite"
+
+
+async def test_an_idempotency_key_belongs_to_its_org(
+    gw: Running, upstream: RecordingUpstream
+) -> None:
+    """Two orgs of one account may use the same Idempotency-Key for the same request: each
+    org's retry replays its own response, never the other org's (SPEC 4)."""
+    c = await enterprise(gw, credits_per_cycle=100000)
+    await gw.admin_call("PATCH", f"/admin/orgs/{c.org_id}", json={"concurrency": 2})
+    _, org2 = await gw.admin_call(
+        "POST", f"/admin/accounts/{c.account_id}/orgs", json={"name": "staging", "concurrency": 2}
+    )
+    _, key2 = await gw.admin_call("POST", f"/admin/orgs/{org2['id']}/keys")
+    same = {"json": {"q": 1}, "headers": {"Idempotency-Key": "order-42"}}
+    first = await gw.call("POST", "/v1/monitor/flat", c.key, **same)
+    other = await gw.call("POST", "/v1/monitor/flat", key2["key"], **same)
+    assert first[0] == other[0] == 200
+    assert "Idempotent-Replayed" not in other[1]
+    assert [seen.headers["X-Gateway-Org"] for seen in upstream.requests] == [c.org_id, org2["id"]]
+    # Each org's own retry replays its own answer.
+    for key in (c.key, key2["key"]):
+        status, headers, _ = await gw.call("POST", "/v1/monitor/flat", key, **same)
+        assert status == 200 and headers["Idempotent-Replayed"] == "true"
+    assert len(upstream.requests) == 2
+    _, account = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}")
+    assert account["credits"]["used"] == 20

@@ -10,7 +10,7 @@
 -- KEYS[4] request log    gw:{acct:<A>}:requests      stream, newest last, trimmed to ARGV[8]
 -- KEYS[5] usage hour     gw:{acct:<A>}:usage:h:<hour start ms>  hash "<route>|<org>|n" / "|c"
 -- KEYS[6] usage day      gw:{acct:<A>}:usage:d:<day start ms>   the same, per UTC day
--- KEYS[7] idempotency    gw:{acct:<A>}:idem:<key hash>   see admit.lua; unused without a key
+-- KEYS[7] idempotency    gw:{acct:<A>}:idem:<O>:<key hash>   see admit.lua; unused without a key
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] now, epoch milliseconds
