@@ -17,11 +17,12 @@ routes = web.RouteTableDef()
 @routes.get("/v1/credits")
 async def credits(request: web.Request) -> web.Response:
     record, _ = await _caller(request)
+    canceled = record.status == "canceled"  # no credits to spend, no cycle to reset (SPEC 6)
     return web.json_response(
         {
-            "remaining": record.remaining,
+            "remaining": 0 if canceled else record.remaining,
             "perCycle": record.allocation,
-            "cycleResetsAt": iso(record.cycle_end),
+            "cycleResetsAt": None if canceled else iso(record.cycle_end),
         }
     )
 

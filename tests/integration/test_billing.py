@@ -84,6 +84,9 @@ async def test_cancel_then_the_cycle_ends(gw: Running, upstream: RecordingUpstre
     assert len(upstream.requests) == 1
     _, _, account = await gw.call("GET", "/v1/account", c.key)
     assert account["status"] == "canceled"
+    # Nothing left to spend and no reset to wait for (SPEC 6).
+    _, _, credits = await gw.call("GET", "/v1/credits", c.key)
+    assert credits == {"remaining": 0, "perCycle": 37500, "cycleResetsAt": None}
     assert [e["type"] for e in await entries(gw, c)] == [
         "canceled",
         "cancel_scheduled",
