@@ -200,6 +200,24 @@ async def test_public_account_moves_to_a_contract(gw: Running, upstream: Recordi
     assert history["entries"][0]["description"] == "Enterprise contract signed"
 
 
+async def test_an_amendment_is_recorded_as_such_and_charges_nothing(gw: Running) -> None:
+    c = await enterprise(gw)
+    status, account = await gw.admin_call(
+        "PUT",
+        f"/admin/accounts/{c.account_id}/contract",
+        json={**CONTRACT, "credits_per_cycle": 50, "price_cents": 700000},
+    )
+    assert status == 200 and account["credits"]["allocation"] == 50
+    _, _, history = await gw.call("GET", "/v1/account/billing", c.key)
+    amended, signed = history["entries"]
+    assert (amended["type"], amended["amount_cents"], amended["credits"]) == (
+        "contract_amended",
+        0,
+        50,
+    )
+    assert (signed["type"], signed["amount_cents"]) == ("subscribe", 500000)
+
+
 @pytest.mark.parametrize(
     ("terms", "field"),
     [
