@@ -71,13 +71,15 @@ class ValidationFailed(GatewayError):
 class MissingApiKey(GatewayError):
     status, code, outcome = 401, "MISSING_API_KEY", "rejected_auth"
     default_message = "Missing API key: send Authorization: Bearer <key>"
-    default_headers = {"WWW-Authenticate": "Bearer"}
+    default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class InvalidApiKey(GatewayError):
     status, code, outcome = 401, "INVALID_API_KEY", "rejected_auth"
     default_message = "Invalid or revoked API key"
-    default_headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}  # RFC 6750
+    default_headers: ClassVar[Mapping[str, str]] = {
+        "WWW-Authenticate": 'Bearer error="invalid_token"'
+    }  # RFC 6750
 
 
 class SubscriptionInactive(GatewayError):
@@ -126,7 +128,7 @@ class ServiceUnavailable(GatewayError):
 class Unauthorized(GatewayError):
     status, code, outcome = 401, "UNAUTHORIZED", "rejected_auth"
     default_message = "Missing or wrong admin token"
-    default_headers = {"WWW-Authenticate": "Bearer"}
+    default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class AdminDisabled(GatewayError):
