@@ -23,8 +23,10 @@ def request_log(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:requests"
 
 
-def usage_hour(account_id: str, now_ms: int) -> str:
-    return f"gw:{{acct:{account_id}}}:usage:h:{now_ms - now_ms % HOUR_MS}"
+def usage_hours(account_id: str, now_ms: int) -> str:
+    """The hourly usage of one UTC day, fields `<hour start ms>|<route>|<org>|n` (and `|c`):
+    one key per day, so a range of hours costs one read per day, not one per hour."""
+    return f"gw:{{acct:{account_id}}}:usage:hd:{now_ms - now_ms % DAY_MS}"
 
 
 def usage_day(account_id: str, now_ms: int) -> str:
@@ -39,6 +41,11 @@ def idempotency(account_id: str, org_id: str, key_hash: str) -> str:
 
 def billing(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:billing"
+
+
+def subscription_changes(account_id: str) -> str:
+    """The self-service subscription changes of the last hour (rate.lua)."""
+    return f"gw:{{acct:{account_id}}}:changes"
 
 
 # Indexes that lead from an id to its account. They are written once and never change.
