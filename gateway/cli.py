@@ -130,8 +130,8 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
                 '-d \'{"prompt": "best running shoes"}\' -i\n'
                 f"  credits:     curl -s {base}/v1/credits -H 'Authorization: Bearer {key}'\n"
                 f"  dashboard:   {base}/dashboard (sign in with the key)\n"
-                f"  admin:       http://127.0.0.1:{admin_port}/admin/"
-                f" (Authorization: Bearer {token.get_secret_value()})\n"
+                f"  admin:       curl -s http://127.0.0.1:{admin_port}/admin/accounts/{record.id}"
+                f" -H 'Authorization: Bearer {token.get_secret_value()}'\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
             )

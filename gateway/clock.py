@@ -33,6 +33,12 @@ def iso(moment: datetime) -> str:
 
 
 def parse_iso(text: str) -> datetime:
-    """An ISO 8601 instant; naive values are taken as UTC. ValueError when malformed."""
+    """An ISO 8601 instant; naive values are taken as UTC. ValueError when malformed or when
+    its UTC time falls outside years 1..9999 (9999-12-31T23:00-05:00 is in year 10000)."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{text!r} is out of range in UTC") from exc

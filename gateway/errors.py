@@ -16,6 +16,8 @@ class GatewayError(Exception):
     code: ClassVar[str] = "INTERNAL_ERROR"
     outcome: ClassVar[str] = "error"
     default_message: ClassVar[str] = "Internal error"
+    # Headers every answer of this kind carries (a 401's challenge); `headers` adds to them.
+    default_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -26,7 +28,7 @@ class GatewayError(Exception):
     ) -> None:
         self.message = message or self.default_message
         self.details: dict[str, Any] = dict(details or {})
-        self.headers: dict[str, str] = dict(headers or {})
+        self.headers: dict[str, str] = {**self.default_headers, **(headers or {})}
         super().__init__(self.message)
 
     def envelope(self, now: datetime) -> dict[str, Any]:
@@ -81,11 +83,15 @@ class ValidationFailed(GatewayError):
 class MissingApiKey(GatewayError):
     status, code, outcome = 401, "MISSING_API_KEY", "rejected_auth"
     default_message = "Missing API key: send Authorization: Bearer <key>"
+    default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class InvalidApiKey(GatewayError):
     status, code, outcome = 401, "INVALID_API_KEY", "rejected_auth"
     default_message = "Invalid or revoked API key"
+    default_headers: ClassVar[Mapping[str, str]] = {
+        "WWW-Authenticate": 'Bearer error="invalid_token"'
+    }  # RFC 6750
 
 
 class SubscriptionInactive(GatewayError):
@@ -134,6 +140,7 @@ class ServiceUnavailable(GatewayError):
 class Unauthorized(GatewayError):
     status, code, outcome = 401, "UNAUTHORIZED", "rejected_auth"
     default_message = "Missing or wrong admin token"
+    default_headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class AdminDisabled(GatewayError):

@@ -208,25 +208,37 @@ async def usage(gw: Gateway, record: AccountRecord, query: Any) -> dict[str, Any
             f"from: at most {limit_days} days of {granularity} buckets",
             details={"field": "from", "max_days": limit_days},
         )
-    step = keys.HOUR_MS if granularity == "hour" else keys.DAY_MS
-    key_of = keys.usage_hour if granularity == "hour" else keys.usage_day
-    first = to_ms(start) - to_ms(start) % step
-    starts = list(range(first, to_ms(end) + 1, step))
+    hourly = granularity == "hour"
+    first = _floor(to_ms(start), keys.HOUR_MS if hourly else keys.DAY_MS)
+    last = to_ms(end)
+    # One hash per UTC day in both cases (the hours of a day share one), so the cost of a
+    # query grows with its days, never with its hours.
+    days = range(_floor(first, keys.DAY_MS), last + 1, keys.DAY_MS)
+    key_of = keys.usage_hours if hourly else keys.usage_day
     pipe = gw.client.pipeline(transaction=False)
-    for bucket in starts:
-        pipe.hgetall(key_of(record.id, bucket))
-    buckets = []
-    for bucket, counts in zip(starts, await pipe.execute(), strict=True):
-        for route, org in sorted({tuple(f.rsplit("|", 2)[:2]) for f in counts}):
-            buckets.append(
-                {
-                    "start": iso(from_ms(bucket)),
-                    "route": route,
-                    "org_id": org,
-                    "requests": int(counts.get(f"{route}|{org}|n", 0)),
-                    "credits": int(counts.get(f"{route}|{org}|c", 0)),
-                }
-            )
+    for day in days:
+        pipe.hgetall(key_of(record.id, day))
+    counts: dict[tuple[int, str, str], dict[str, int]] = {}
+    for day, fields in zip(days, await pipe.execute(), strict=True):
+        for name, value in fields.items():
+            bucket = day
+            if hourly:
+                hour, _, name = name.partition("|")
+                bucket = int(hour)
+                if not first <= bucket <= last:
+                    continue
+            route, org, kind = name.rsplit("|", 2)
+            counts.setdefault((bucket, route, org), {})[kind] = int(value)
+    buckets = [
+        {
+            "start": iso(from_ms(bucket)),
+            "route": route,
+            "org_id": org,
+            "requests": count.get("n", 0),
+            "credits": count.get("c", 0),
+        }
+        for (bucket, route, org), count in sorted(counts.items())
+    ]
     return {"granularity": granularity, "from": iso(start), "to": iso(end), "buckets": buckets}
 
 
@@ -272,6 +284,10 @@ def _change_view(record: AccountRecord, transition: Transition, plan: str) -> di
     }
     view.update(transition.extra)
     return view
+
+
+def _floor(ms: int, step: int) -> int:
+    return ms - ms % step
 
 
 def _query_time(query: Any, name: str, default: datetime) -> datetime:

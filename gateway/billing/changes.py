@@ -396,15 +396,17 @@ def sign_contract(
                 "held": 0,
             }
         )
-    amended = sub.kind == "enterprise"
+    # An amendment of a running contract (R9) is not a new charge: it costs nothing when
+    # signed, and its price is what the next renewal bills. A canceled account signs anew.
+    amended = sub.kind == "enterprise" and sub.status != "canceled"
     entry = Entry(
         make_id(),
         sub.account_id,
-        "subscribe",
+        "contract_amended" if amended else "subscribe",
         now,
         start,
         end,
-        contract.price_cents,
+        0 if amended else contract.price_cents,
         contract.credits_per_cycle,
         "Enterprise contract amended" if amended else "Enterprise contract signed",
         from_plan=sub.plan,

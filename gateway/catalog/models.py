@@ -17,19 +17,21 @@ from pydantic import (
 
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 PosInt = Annotated[int, Field(ge=1, strict=True)]
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Seconds: positive and finite (`.inf` passed once, then broke every deadline computed from
+# it), and at most a day, so that every expiry derived from them fits the store.
+Seconds = Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Upstream(_Frozen):
     url: str
-    timeout_s: PosFloat = 180.0
-    connect_timeout_s: PosFloat = 5.0
+    timeout_s: Seconds = 180.0
+    connect_timeout_s: Seconds = 5.0
 
     @field_validator("url")
     @classmethod
@@ -146,16 +148,18 @@ class Plan(_Frozen):
 
 
 class Limits(_Frozen):
-    lease_ttl_s: PosInt = 30
+    lease_ttl_s: Annotated[int, Field(ge=1, le=86_400, strict=True)] = 30
     max_request_body_bytes: PosInt = 1_048_576
     charge_on_client_cancel: bool = True
     shutdown_grace_s: NonNegInt = 30
     # The edge (SPEC 4): deadlines and sizes a client or an upstream cannot stretch.
-    client_header_timeout_s: PosFloat = 10.0
-    client_body_timeout_s: PosFloat = 30.0
-    keepalive_timeout_s: PosFloat = 75.0
+    client_header_timeout_s: Seconds = 10.0
+    client_body_timeout_s: Seconds = 30.0
+    keepalive_timeout_s: Seconds = 75.0
     max_response_bytes: PosInt = 67_108_864
     max_kept_response_bytes: NonNegInt = 1_048_576
+    # Plan changes, cancels and reactivations one account may make itself per hour (SPEC 6).
+    max_subscription_changes_per_hour: PosInt = 10
 
 
 class MetricsOptions(_Frozen):
@@ -176,6 +180,15 @@ class Catalog(_Frozen):
     metrics: MetricsOptions = MetricsOptions()
     billing: BillingOptions = BillingOptions()
     version: str = Field(default="", exclude=True)
+
+    @field_validator("upstreams", "routes", "plans", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        # A catalog without any of these serves nothing (every route a 404). Checked before
+        # the items, so an invalid route is reported as itself, not as "no routes".
+        if isinstance(value, (dict, list, tuple)) and not value:
+            raise ValueError("must list at least one")
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Catalog:

@@ -23,21 +23,29 @@ def request_log(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:requests"
 
 
-def usage_hour(account_id: str, now_ms: int) -> str:
-    return f"gw:{{acct:{account_id}}}:usage:h:{now_ms - now_ms % HOUR_MS}"
+def usage_hours(account_id: str, now_ms: int) -> str:
+    """The hourly usage of one UTC day, fields `<hour start ms>|<route>|<org>|n` (and `|c`):
+    one key per day, so a range of hours costs one read per day, not one per hour."""
+    return f"gw:{{acct:{account_id}}}:usage:hd:{now_ms - now_ms % DAY_MS}"
 
 
 def usage_day(account_id: str, now_ms: int) -> str:
     return f"gw:{{acct:{account_id}}}:usage:d:{now_ms - now_ms % DAY_MS}"
 
 
-def idempotency(account_id: str, key_hash: str) -> str:
-    """The record of one Idempotency-Key; `-` names a key that is never written."""
-    return f"gw:{{acct:{account_id}}}:idem:{key_hash}"
+def idempotency(account_id: str, org_id: str, key_hash: str) -> str:
+    """The record of one Idempotency-Key of an org (a key belongs to the org that sent it,
+    SPEC 4); `-` names a key that is never written."""
+    return f"gw:{{acct:{account_id}}}:idem:{org_id}:{key_hash}"
 
 
 def billing(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:billing"
+
+
+def subscription_changes(account_id: str) -> str:
+    """The self-service subscription changes of the last hour (rate.lua)."""
+    return f"gw:{{acct:{account_id}}}:changes"
 
 
 # Indexes that lead from an id to its account. They are written once and never change.

@@ -16,7 +16,7 @@ from gateway.store import keys
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.breaker import Breaker
 from gateway.store.connect import is_cluster
-from gateway.store.scripts import ADMIT, SETTLE
+from gateway.store.scripts import ADMIT, RATE, SETTLE
 
 T = TypeVar("T")
 
@@ -59,6 +59,16 @@ class Admission:
 IDEMPOTENCY_TTL_S = 86400
 
 
+@dataclass(frozen=True, slots=True)
+class CallAdmission:
+    """A customer-API call as rate.lua counted it."""
+
+    code: str
+    rps_limit: int
+    rps_remaining: int
+    retry_after_s: int
+
+
 class SettleOrder(TypedDict):
     """What settle needs to know of a finished request; JSON-safe, so it can be spooled."""
 
@@ -97,7 +107,8 @@ class Ledger:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._durations = {
-            op: metrics.store_duration.labels(op) for op in ("lookup", "admit", "settle", "renew")
+            op: metrics.store_duration.labels(op)
+            for op in ("lookup", "admit", "settle", "renew", "rate")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
         self.batcher = ScriptBatcher(
@@ -154,7 +165,7 @@ class Ledger:
     ) -> Admission:
         """price None: an unmetered route (rate window only, no lease, no hold)."""
         a = who.account_id
-        idem_key = keys.idempotency(a, idempotency.key_hash if idempotency else "-")
+        idem_key = keys.idempotency(a, who.org_id, idempotency.key_hash if idempotency else "-")
         reply = await self.call(
             "admit",
             self.batcher.run(
@@ -188,9 +199,9 @@ class Ledger:
                     keys.leases(a, who.org_id),
                     keys.holds(a),
                     keys.request_log(a),
-                    keys.usage_hour(a, order["now_ms"]),
+                    keys.usage_hours(a, order["now_ms"]),
                     keys.usage_day(a, order["now_ms"]),
-                    keys.idempotency(a, order["idempotency_key"] or "-"),
+                    keys.idempotency(a, who.org_id, order["idempotency_key"] or "-"),
                 ],
                 [
                     order["request_id"],
@@ -210,10 +221,33 @@ class Ledger:
         )
         return Settlement(bool(int(reply[0])), int(reply[1]), int(reply[2]))
 
+    async def count_call(
+        self, who: Identity, *, request_id: str, now_ms: int, changes_per_hour: int = 0
+    ) -> CallAdmission:
+        """Count a customer-API call in the account's rate window (the one admission uses);
+        changes_per_hour > 0: the call changes the subscription and takes one of those."""
+        a = who.account_id
+        reply = await self.call(
+            "rate",
+            RATE.run(
+                self.client,
+                [keys.account(a), keys.subscription_changes(a)],
+                [who.key_id, now_ms, request_id, changes_per_hour],
+            ),
+        )
+        return CallAdmission(str(reply[0]), *(int(v) for v in reply[1:4]))
+
+    async def release_change(self, who: Identity, request_id: str) -> None:
+        """Give back the change a call took: it failed, so it changed nothing."""
+        await self.call(
+            "rate", self.client.zrem(keys.subscription_changes(who.account_id), request_id)
+        )
+
     async def stored_response(self, who: Identity, key_hash: str) -> str | None:
         """The response kept for an Idempotency-Key (one extra round trip, on retries only)."""
         raw = await self.call(
-            "lookup", self.client.hget(keys.idempotency(who.account_id, key_hash), "response")
+            "lookup",
+            self.client.hget(keys.idempotency(who.account_id, who.org_id, key_hash), "response"),
         )
         return None if raw is None else str(raw)
 

@@ -36,3 +36,4 @@ def _load(name: str) -> Script:
 ADMIT = _load("admit")
 SETTLE = _load("settle")
 APPLY = _load("apply")
+RATE = _load("rate")

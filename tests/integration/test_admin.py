@@ -17,6 +17,7 @@ async def test_wrong_or_missing_token_is_401(gateway: Running) -> None:
         async with gateway.http.get(gateway.admin + "/admin/accounts/x", headers=headers) as r:
             body = await r.json()
             assert r.status == 401 and body["error"]["code"] == "UNAUTHORIZED"
+            assert r.headers["WWW-Authenticate"] == "Bearer"
 
 
 async def test_no_token_configured_disables_admin(

@@ -87,6 +87,9 @@ async def test_cancel_then_the_cycle_ends(gw: Running, upstream: RecordingUpstre
     assert len(upstream.requests) == 1
     _, _, account = await gw.call("GET", "/v1/account", c.key)
     assert account["status"] == "canceled"
+    # Nothing left to spend and no reset to wait for (SPEC 6).
+    _, _, credits = await gw.call("GET", "/v1/credits", c.key)
+    assert credits == {"remaining": 0, "perCycle": 37500, "cycleResetsAt": None}
     assert [e["type"] for e in await entries(gw, c)] == [
         "canceled",
         "cancel_scheduled",
@@ -283,6 +286,10 @@ async def test_usage_requests_and_credits_views(gw: Running) -> None:
         ("from=yesterday", "from"),
         ("from=2025-01-01T00:00:00Z", "from"),
         ("from=2026-03-15T00:00:00Z&to=2026-03-14T00:00:00Z", "to"),
+        # Instants whose UTC conversion leaves the calendar (years 10000 and 0).
+        ("from=9999-12-31T23:00:00-05:00&to=9999-12-31T23:30:00-05:00", "from"),
+        ("from=0001-01-01T00:00:00%2B05:00", "from"),
+        ("from=2026-03-15T00:00:00Z&to=9999-12-31T23:00:00-05:00", "to"),
     ):
         status, _, body = await gw.call("GET", f"/v1/account/usage?{query}", c.key)
         assert status == 400 and body["error"]["details"]["field"] == field, query

@@ -57,6 +57,15 @@ async def test_make_run_serves_the_printed_key() -> None:
                 assert reply.headers["X-Credits-Charged"] == "7"
             async with http.get(f"http://127.0.0.1:{admin_port}/healthz") as reply:
                 assert reply.status == 200
+            # The printed admin call answers, with the printed token.
+            admin = re.search(r"admin: +curl -s (\S+) -H 'Authorization: Bearer (\S+)'", output)
+            assert admin is not None, output
+            url, token = admin.groups()
+            assert url.startswith(f"http://127.0.0.1:{admin_port}/admin/accounts/acct_")
+            async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as reply:
+                account = await reply.json()
+                assert reply.status == 200, account
+                assert account["credits"]["used"] == 7
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=15)

@@ -200,6 +200,24 @@ async def test_public_account_moves_to_a_contract(gw: Running, upstream: Recordi
     assert history["entries"][0]["description"] == "Enterprise contract signed"
 
 
+async def test_an_amendment_is_recorded_as_such_and_charges_nothing(gw: Running) -> None:
+    c = await enterprise(gw)
+    status, account = await gw.admin_call(
+        "PUT",
+        f"/admin/accounts/{c.account_id}/contract",
+        json={**CONTRACT, "credits_per_cycle": 50, "price_cents": 700000},
+    )
+    assert status == 200 and account["credits"]["allocation"] == 50
+    _, _, history = await gw.call("GET", "/v1/account/billing", c.key)
+    amended, signed = history["entries"]
+    assert (amended["type"], amended["amount_cents"], amended["credits"]) == (
+        "contract_amended",
+        0,
+        50,
+    )
+    assert (signed["type"], signed["amount_cents"]) == ("subscribe", 500000)
+
+
 @pytest.mark.parametrize(
     ("terms", "field"),
     [
@@ -219,3 +237,29 @@ async def test_bad_contracts_name_the_field(gw: Running, terms: dict[str, Any], 
     assert body["error"]["details"]["field"] == field
     _, account = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}")
     assert account["kind"] == "public" and account["plan"] == "lite"
+
+
+async def test_an_idempotency_key_belongs_to_its_org(
+    gw: Running, upstream: RecordingUpstream
+) -> None:
+    """Two orgs of one account may use the same Idempotency-Key for the same request: each
+    org's retry replays its own response, never the other org's (SPEC 4)."""
+    c = await enterprise(gw, credits_per_cycle=100000)
+    await gw.admin_call("PATCH", f"/admin/orgs/{c.org_id}", json={"concurrency": 2})
+    _, org2 = await gw.admin_call(
+        "POST", f"/admin/accounts/{c.account_id}/orgs", json={"name": "staging", "concurrency": 2}
+    )
+    _, key2 = await gw.admin_call("POST", f"/admin/orgs/{org2['id']}/keys")
+    same = {"json": {"q": 1}, "headers": {"Idempotency-Key": "order-42"}}
+    first = await gw.call("POST", "/v1/monitor/flat", c.key, **same)
+    other = await gw.call("POST", "/v1/monitor/flat", key2["key"], **same)
+    assert first[0] == other[0] == 200
+    assert "Idempotent-Replayed" not in other[1]
+    assert [seen.headers["X-Gateway-Org"] for seen in upstream.requests] == [c.org_id, org2["id"]]
+    # Each org's own retry replays its own answer.
+    for key in (c.key, key2["key"]):
+        status, headers, _ = await gw.call("POST", "/v1/monitor/flat", key, **same)
+        assert status == 200 and headers["Idempotent-Replayed"] == "true"
+    assert len(upstream.requests) == 2
+    _, account = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}")
+    assert account["credits"]["used"] == 20

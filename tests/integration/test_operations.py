@@ -201,6 +201,30 @@ async def test_a_bad_catalog_changes_nothing(served: tuple[Running, Path]) -> No
     assert samples(text, "gateway_config_reloads_total")[(("result", "error"),)] == 1
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"upstreams": {}, "routes": [], "plans": {}}, id="empty"),
+        pytest.param({"routes": []}, id="no routes"),
+        pytest.param(
+            {"upstreams": {"scrapers": {"url": "http://127.0.0.1:9", "timeout_s": float("inf")}}},
+            id="infinite timeout",
+        ),
+    ],
+)
+async def test_a_catalog_that_would_break_every_request_is_refused(
+    served: tuple[Running, Path], upstream: RecordingUpstream, changes: dict[str, Any]
+) -> None:
+    gw, path = served
+    c = await gw.new_customer()
+    write_catalog(path, upstream.url, **changes)
+    status, body = await gw.admin_call("POST", "/admin/reload")
+    assert status == 422 and body["error"]["code"] == "CONFIG_INVALID", body
+    headers = {"Idempotency-Key": "k-1"}
+    status, _, _ = await gw.call("POST", "/v1/monitor/flat", c.key, headers=headers)
+    assert status == 200
+
+
 async def test_reloads_under_load_fail_no_request(
     served: tuple[Running, Path], upstream: RecordingUpstream
 ) -> None:

@@ -187,6 +187,26 @@ async def test_refusals_have_their_codes_and_never_reach_upstream(
     }
 
 
+async def test_every_401_challenges_for_a_bearer_token(gateway: Running) -> None:
+    """RFC 7235: a 401 says how to authenticate. Proxied routes and the customer API alike."""
+    c = await gateway.new_customer()
+    revoked = await gateway.new_customer()
+    assert (await gateway.admin_call("DELETE", f"/admin/keys/{revoked.key_id}"))[0] == 204
+    for path in ("/v1/monitor/flat", "/v1/credits", "/v1/account/usage"):
+        method = "POST" if path == "/v1/monitor/flat" else "GET"
+        for key, code in (
+            (None, "MISSING_API_KEY"),
+            ("sk_live_" + "a" * 32, "INVALID_API_KEY"),
+            ("garbage", "INVALID_API_KEY"),
+            (revoked.key, "INVALID_API_KEY"),
+        ):
+            status, headers, body = await gateway.call(method, path, key)
+            assert status == 401 and body["error"]["code"] == code, (path, key)
+            challenge = headers.get("WWW-Authenticate", "")
+            assert challenge.split(" ")[0] == "Bearer", (path, key, challenge)
+    assert (await gateway.call("GET", "/v1/credits", c.key))[0] == 200
+
+
 async def test_validation_error_names_the_field(gateway: Running) -> None:
     c = await gateway.new_customer()
     _, _, body = await gateway.call("POST", "/v1/monitor/chatgpt", c.key, json={"pages": 12})

@@ -31,6 +31,7 @@ from gateway.store.ledger import (
     REQUEST_LOG_LENGTH,
     USAGE_RETENTION_S,
     Admission,
+    CallAdmission,
     Identity,
     Ledger,
     Settlement,
@@ -460,6 +461,64 @@ async def settle_without_charge_drops_hold(client: Any) -> None:
 
 
 @case
+async def customer_calls_share_the_rate_window_with_admission(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=5, rps=3)
+
+    async def call(at: int) -> CallAdmission:
+        return await w.ledger.count_call(w.who, request_id="c", now_ms=at)
+
+    assert await w.admit("a", None, at=NOW_MS) == ok(3, 2, 5, 0, 100)
+    assert await call(NOW_MS + 100) == CallAdmission("OK", 3, 1, 0)
+    assert await call(NOW_MS + 200) == CallAdmission("OK", 3, 0, 0)
+    assert await call(NOW_MS + 300) == CallAdmission("RATE_LIMIT_EXCEEDED", 3, 0, 1)
+    assert await w.admit("b", 1, at=NOW_MS + 400) == Admission(
+        "RATE_LIMIT_EXCEEDED", 3, 0, 5, 0, 100, 0
+    )
+    assert await w.field("rate_count") == "3"
+    # The next second starts a new window for both.
+    assert await call(NOW_MS + 1000) == CallAdmission("OK", 3, 2, 0)
+    assert await w.admit("c", 1, at=NOW_MS + 1001) == ok(3, 1, 5, 1, 99)
+    assert await w.field("rate_sec") == str(NOW_MS // 1000 + 1)
+    # A revoked key is refused before it counts.
+    await client.hdel(w.account_key, f"key:{w.key.id}")
+    assert await call(NOW_MS + 1002) == CallAdmission("INVALID_API_KEY", 0, 0, 0)
+    assert await w.field("rate_count") == "2"
+
+
+@case
+async def subscription_changes_are_capped_per_rolling_hour(client: Any) -> None:
+    w = await make_world(client, rps=100)
+    hour = keys.HOUR_MS
+    changes = keys.subscription_changes(w.account.id)
+
+    async def change(request_id: str, at: int, cap: int = 2) -> CallAdmission:
+        return await w.ledger.count_call(
+            w.who, request_id=request_id, now_ms=at, changes_per_hour=cap
+        )
+
+    assert await change("c1", NOW_MS) == CallAdmission("OK", 100, 99, 0)
+    assert await change("c2", NOW_MS + 1000) == CallAdmission("OK", 100, 99, 0)
+    # The third waits until the first is an hour old; it still counted as a call.
+    assert await change("c3", NOW_MS + 2000) == CallAdmission(
+        "CHANGE_LIMIT_EXCEEDED", 100, 99, 3598
+    )
+    assert await w.field("rate_count") == "1"
+    # Calls that change nothing are not capped.
+    assert (await change("v1", NOW_MS + 2001, cap=0)).code == "OK"
+    # A change that failed gives its place back.
+    await w.ledger.release_change(w.who, "c2")
+    assert await change("c4", NOW_MS + 3000) == CallAdmission("OK", 100, 99, 0)
+    assert await client.zrange(changes, 0, -1) == ["c1", "c4"]
+    assert 0 < await client.pttl(changes) <= hour
+    # An hour after c1, its place is free again.
+    assert (await change("c5", NOW_MS + hour)).code == "OK"
+    assert await change("c6", NOW_MS + hour + 1) == CallAdmission(  # same second as c5
+        "CHANGE_LIMIT_EXCEEDED", 100, 98, 3
+    )
+    assert await client.zrange(changes, 0, -1) == ["c4", "c5"]
+
+
+@case
 async def settle_logs_request_and_bumps_hourly_usage(client: Any) -> None:
     w = await make_world(client, credits=100)
     org, log = w.who.org_id, keys.request_log(w.account.id)
@@ -495,19 +554,30 @@ async def settle_logs_request_and_bumps_hourly_usage(client: Any) -> None:
             "latency_ms": "2000",
         },
     ]
-    usage = keys.usage_hour(w.account.id, at)
-    assert usage == keys.usage_hour(w.account.id, NOW_MS)  # same hour
-    assert await client.hgetall(usage) == {f"search|{org}|n": "2", f"search|{org}|c": "7"}
-    assert 0 < await client.ttl(usage) <= USAGE_RETENTION_S
-    # The next hour gets its own hash.
+    # The hours of a day share one hash, each field named by its hour's start (NOW is 12:00).
+    hours, day = keys.usage_hours(w.account.id, at), keys.usage_day(w.account.id, at)
+    assert await client.hgetall(hours) == {
+        f"{NOW_MS}|search|{org}|n": "2",
+        f"{NOW_MS}|search|{org}|c": "7",
+    }
+    assert await client.hgetall(day) == {f"search|{org}|n": "2", f"search|{org}|c": "7"}
+    for usage in (hours, day):
+        assert 0 < await client.ttl(usage) <= USAGE_RETENTION_S
+    # The next hour is more fields of the same day's hash.
     next_hour = NOW_MS + keys.HOUR_MS
+    assert keys.usage_hours(w.account.id, next_hour) == hours
     assert await w.admit("r3", 1, at=next_hour) == ok(5, 4, 3, 1, 92)
     assert await w.settle("r3", at=next_hour + 5, route="maps") == Settlement(True, 1, 92)
-    assert await client.hgetall(keys.usage_hour(w.account.id, next_hour)) == {
-        f"maps|{org}|n": "1",
-        f"maps|{org}|c": "1",
+    assert await client.hgetall(hours) == {
+        f"{NOW_MS}|search|{org}|n": "2",
+        f"{NOW_MS}|search|{org}|c": "7",
+        f"{next_hour}|maps|{org}|n": "1",
+        f"{next_hour}|maps|{org}|c": "1",
     }
-    assert await client.hgetall(usage) == {f"search|{org}|n": "2", f"search|{org}|c": "7"}
+    # The next UTC day gets its own hashes.
+    tomorrow = NOW_MS + keys.DAY_MS
+    assert keys.usage_hours(w.account.id, tomorrow) != hours
+    assert keys.usage_day(w.account.id, tomorrow) != day
     assert await client.xlen(log) == 3
 
 
@@ -543,9 +613,9 @@ async def hold_from_previous_cycle_is_not_charged_to_new_cycle(client: Any) -> N
     assert await w.holds() == {"old2": hold(6)}
     # The charge is still recorded in the log and usage of the request's hour.
     org = w.who.org_id
-    assert await client.hgetall(keys.usage_hour(w.account.id, NOW_MS + 250)) == {
-        f"search|{org}|n": "1",
-        f"search|{org}|c": "9",
+    assert await client.hgetall(keys.usage_hours(w.account.id, NOW_MS + 250)) == {
+        f"{NOW_MS}|search|{org}|n": "1",
+        f"{NOW_MS}|search|{org}|c": "9",
     }
     # A new-cycle hold, then the old lease expires: its reclaim does not touch `held`.
     assert await w.admit("new", 4, at=NOW_MS + 2000) == ok(5, 4, 3, 2, 96)
@@ -626,10 +696,11 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.leases(a, "org_other"),
         keys.holds(a),
         keys.request_log(a),
-        keys.usage_hour(a, NOW_MS),
-        keys.usage_hour(a, NOW_MS + 7 * keys.HOUR_MS),
+        keys.usage_hours(a, NOW_MS),
+        keys.usage_hours(a, NOW_MS + 2 * keys.DAY_MS),
         keys.usage_day(a, NOW_MS),
         keys.billing(a),
+        keys.subscription_changes(a),
     ]
     assert {hash_tag(name) for name in names} == {f"acct:{a}"}
     assert len({key_slot(name.encode()) for name in names}) == 1
@@ -649,7 +720,7 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.leases(a, org),
         keys.holds(a),
         keys.request_log(a),
-        keys.usage_hour(a, NOW_MS + 250),
+        keys.usage_hours(a, NOW_MS + 250),
         keys.usage_day(a, NOW_MS + 250),
         keys.billing(a),
     }

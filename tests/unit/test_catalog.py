@@ -146,6 +146,26 @@ BAD_FILES = [
         "'full' or 'prorated'",
         id="upgrade credits",
     ),
+    pytest.param(
+        "infinite_timeout.yaml", "upstreams.scrapers.timeout_s", "finite number", id="inf"
+    ),
+    pytest.param(
+        "nan_connect_timeout.yaml",
+        "upstreams.scrapers.connect_timeout_s",
+        "finite number",
+        id="nan",
+    ),
+    pytest.param(
+        "huge_timeout.yaml", "upstreams.scrapers.timeout_s", "less than or equal to", id="huge"
+    ),
+    pytest.param("empty_sections.yaml", "routes", "at least one", id="empty sections"),
+    pytest.param("empty_mapping.yaml", "upstreams", "required", id="empty"),
+    pytest.param(
+        "zero_change_cap.yaml",
+        "limits.max_subscription_changes_per_hour",
+        "greater than or equal to 1",
+        id="change cap",
+    ),
 ]
 
 
@@ -164,6 +184,16 @@ def test_a_bad_rule_is_reported_once_against_its_own_shape() -> None:
     with pytest.raises(CatalogInvalid) as caught:
         load_catalog(BAD / "max_below_free.yaml")
     assert caught.value.problems == ["routes[0].price.add[0]: max must not be below free"]
+
+
+def test_a_catalog_needs_an_upstream_a_route_and_a_plan() -> None:
+    with pytest.raises(CatalogInvalid) as caught:
+        load_catalog(BAD / "empty_sections.yaml")
+    assert [split(problem)[0] for problem in caught.value.problems] == [
+        "upstreams",
+        "routes",
+        "plans",
+    ]
 
 
 def test_every_bad_file_is_covered() -> None:

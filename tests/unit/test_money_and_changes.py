@@ -19,6 +19,7 @@ from gateway.billing.changes import (
     paid_price,
     reactivate,
     renew,
+    sign_contract,
 )
 from gateway.billing.contract import Contract
 from gateway.billing.cycles import add_months
@@ -781,3 +782,31 @@ def test_upgrade_balance_is_floored_at_zero_when_used_exceeds_the_new_credits() 
     transition = change_plan(sub, plans, "pricey", datetime(2026, 3, 20, tzinfo=UTC))
     allocation = transition.fields["allocation"]
     assert isinstance(allocation, int) and allocation - sub.used == 0
+
+
+# Contracts (R9: an amendment is its own entry, not a new charge) ----------------------------
+
+
+def test_signing_a_contract_is_a_subscribe_at_the_contract_price() -> None:
+    transition = sign_contract(public("lite"), CONTRACT, MID_CYCLE, sequential_ids())
+    [entry] = transition.entries
+    assert (entry.type, entry.amount_cents, entry.credits) == ("subscribe", 500_000, 1_000_000)
+    assert (entry.from_plan, entry.to_plan) == ("lite", "enterprise")
+
+
+@pytest.mark.parametrize("status", ["active", "canceling"])
+def test_amending_a_contract_costs_nothing_at_signature(status: str) -> None:
+    richer = CONTRACT.model_copy(update={"credits_per_cycle": 2_000_000, "price_cents": 900_000})
+    transition = sign_contract(enterprise(status=status), richer, MID_CYCLE, sequential_ids())
+    [entry] = transition.entries
+    assert (entry.type, entry.amount_cents, entry.credits) == ("contract_amended", 0, 2_000_000)
+    assert (entry.cycle_start, entry.cycle_end) == (CYCLE_START, CYCLE_END)
+    # The new price is what the next renewal bills.
+    assert transition.fields["price_cents"] == 900_000
+
+
+def test_a_contract_signed_again_after_cancellation_starts_a_new_subscription() -> None:
+    transition = sign_contract(enterprise(status="canceled"), CONTRACT, MID_CYCLE)
+    [entry] = transition.entries
+    assert (entry.type, entry.amount_cents) == ("subscribe", 500_000)
+    assert entry.cycle_start == MID_CYCLE

@@ -8,7 +8,7 @@
 -- KEYS[1] account hash   gw:{acct:<A>}:account
 -- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>   zset, member = request id, score = expiry (ms)
 -- KEYS[3] holds          gw:{acct:<A>}:holds        hash, request id -> "<credits>:<cycle start ms>"
--- KEYS[4] idempotency    gw:{acct:<A>}:idem:<sha256 of the client's Idempotency-Key>
+-- KEYS[4] idempotency    gw:{acct:<A>}:idem:<O>:<sha256 of the client's Idempotency-Key>
 --                        hash {state: inflight|done, hash, request, response}; unused without a key
 -- ARGV[1] request id
 -- ARGV[2] org id

@@ -1,16 +1,17 @@
 -- settle.lua: finish one admitted request, once. Idempotent per request id: the hold is the
 -- record of an unsettled request, so a second settle (a replay) finds none and changes nothing.
 --   release the lease; charge the hold on success or drop it; log the request; bump the
---   hourly aggregate. A hold admitted in an earlier cycle is charged to that cycle and never
+--   hourly and daily aggregates. A hold admitted in an earlier cycle is charged to that cycle and never
 --   touches the current cycle's counters (SPEC R7).
 --
 -- KEYS[1] account hash   gw:{acct:<A>}:account
 -- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>
 -- KEYS[3] holds          gw:{acct:<A>}:holds
 -- KEYS[4] request log    gw:{acct:<A>}:requests      stream, newest last, trimmed to ARGV[8]
--- KEYS[5] usage hour     gw:{acct:<A>}:usage:h:<hour start ms>  hash "<route>|<org>|n" / "|c"
--- KEYS[6] usage day      gw:{acct:<A>}:usage:d:<day start ms>   the same, per UTC day
--- KEYS[7] idempotency    gw:{acct:<A>}:idem:<key hash>   see admit.lua; unused without a key
+-- KEYS[5] usage hours    gw:{acct:<A>}:usage:hd:<day start ms>  hash, the hours of one UTC day:
+--                        "<hour start ms>|<route>|<org>|n" / "|c"
+-- KEYS[6] usage day      gw:{acct:<A>}:usage:d:<day start ms>   hash "<route>|<org>|n" / "|c"
+-- KEYS[7] idempotency    gw:{acct:<A>}:idem:<O>:<key hash>   see admit.lua; unused without a key
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] now, epoch milliseconds
@@ -64,12 +65,15 @@ end
 redis.call('XADD', log, 'MAXLEN', '~', ARGV[8], '*', 'id', request_id, 'time', ARGV[3],
   'route', ARGV[5], 'org', ARGV[2], 'status', ARGV[6], 'credits', charged, 'latency_ms', ARGV[7])
 local field = ARGV[5] .. '|' .. ARGV[2]
-for _, usage in ipairs({KEYS[5], KEYS[6]}) do
+local now = tonumber(ARGV[3])
+local hour = string.format('%d', now - now % 3600000)
+for _, bucket in ipairs({{KEYS[5], hour .. '|' .. field}, {KEYS[6], field}}) do
+  local usage, name = bucket[1], bucket[2]
   -- Retention starts at the bucket's first request of each route and org, not at every
   -- request: at most a day's difference on 400 days, for one command less per request.
-  if redis.call('HINCRBY', usage, field .. '|n', 1) == 1 then
+  if redis.call('HINCRBY', usage, name .. '|n', 1) == 1 then
     redis.call('EXPIRE', usage, ARGV[9])
   end
-  if charged > 0 then redis.call('HINCRBY', usage, field .. '|c', charged) end
+  if charged > 0 then redis.call('HINCRBY', usage, name .. '|c', charged) end
 end
 return {1, charged, allocation - used - held}
