@@ -115,6 +115,7 @@ async def proxy(request: web.Request) -> web.Response:
                 status=499,
                 started=started,
                 price=price,
+                cycle=admission.cycle_start_ms,
                 idempotency=idempotency,
             )
             request[OUTCOME] = "client_canceled"
@@ -129,6 +130,7 @@ async def proxy(request: web.Request) -> web.Response:
             status=reply.status,
             started=started,
             price=price,
+            cycle=admission.cycle_start_ms,
             remaining=admission.credits_remaining,
             idempotency=idempotency,
             # Only a request with an Idempotency-Key has a response worth keeping.
@@ -224,6 +226,7 @@ async def _settle(
     status: int,
     started: float,
     price: int = 0,
+    cycle: int = 0,
     remaining: int = 0,
     idempotency: Idempotency | None = None,
     keep: str = "-",
@@ -237,6 +240,8 @@ async def _settle(
         charge=charge,
         status=status,
         started=started,
+        price=price,
+        cycle=cycle,
         idempotency=idempotency,
         keep=keep,
     )
@@ -259,6 +264,8 @@ def _order(
     charge: bool,
     status: int,
     started: float,
+    price: int = 0,
+    cycle: int = 0,
     idempotency: Idempotency | None = None,
     keep: str = "-",
 ) -> SettleOrder:
@@ -266,6 +273,8 @@ def _order(
         "request_id": request[REQUEST_ID],
         "now_ms": gw.now_ms(),
         "charge": charge,
+        "price": price,
+        "cycle": cycle,
         "route": request[ROUTE],
         "status": status,
         "latency_ms": int((time.perf_counter() - started) * 1000),

@@ -25,6 +25,7 @@ from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, Accounts, KeyRecord, hash_key
 from gateway.store.ledger import (
+    RECLAIMED_MEMORY_MS,
     REQUEST_LOG_LENGTH,
     USAGE_RETENTION_S,
     Admission,
@@ -115,13 +116,19 @@ class World:
         route: str = "search",
         status: int = 200,
         latency_ms: int = 250,
+        price: int = 0,
+        cycle: int = CYCLE_START_MS,
     ) -> Settlement:
+        """`price` and `cycle`: what the order says the request was admitted with (used only
+        when its hold is gone)."""
         return await self.ledger.settle(
             self.who,
             {
                 "request_id": request_id,
                 "now_ms": at,
                 "charge": charge,
+                "price": price,
+                "cycle": cycle,
                 "route": route,
                 "status": status,
                 "latency_ms": latency_ms,
@@ -392,9 +399,9 @@ async def expired_leases_are_reclaimed_and_never_charged(client: Any) -> None:
     assert set(await w.leases()) == {"r2", "r3"}
     assert await w.holds() == {"r2": hold(5), "r3": hold(1)}
     assert await w.balance() == (100, 0, 6)
-    # The dead process's late settle finds no hold: not applied, never charged, not logged.
-    assert await w.settle("r1", at=after + 5) == Settlement(False, 0, 94)
-    assert await w.balance() == (100, 0, 6)
+    # A dead process never settles: r1 is only remembered as reclaimed (see the next case).
+    reclaimed = keys.reclaimed(w.account.id)
+    assert await client.zrange(reclaimed, 0, -1, withscores=True) == [("r1", after)]
     assert await client.xlen(keys.request_log(w.account.id)) == 0
     # Reclaim also runs on refusals of that org: here both remaining leases have expired.
     later = NOW_MS + 10 * TTL_MS
@@ -404,6 +411,46 @@ async def expired_leases_are_reclaimed_and_never_charged(client: Any) -> None:
     assert await w.leases() == {}
     assert await w.holds() == {}
     assert await w.balance() == (100, 0, 0)
+
+
+@case
+async def a_reclaimed_request_that_settles_later_is_charged_once_from_its_order(
+    client: Any,
+) -> None:
+    # A process cut off from the store for longer than the lease TTL spooled its success; the
+    # store came back and an admission reclaimed the lease first. The replay still lands.
+    w = await make_world(client, credits=100, concurrency=1, rps=50)
+    admitted = await w.admit("r1", 7)
+    assert admitted == ok(50, 49, 1, 1, 93) and admitted.cycle_start_ms == CYCLE_START_MS
+    assert await w.admit("r2", 5, at=NOW_MS + TTL_MS) == ok(50, 49, 1, 1, 95, reclaimed=1)
+    assert await w.balance() == (100, 0, 5)
+    replay = NOW_MS + TTL_MS + 10
+    assert await w.settle("r1", at=replay, price=7) == Settlement(True, 7, 88)
+    assert await w.balance() == (100, 7, 5)
+    # Exactly once: the same order again (a replay that timed out, a re-adopted spool).
+    assert await w.settle("r1", at=replay + 1, price=7) == Settlement(False, 0, 88)
+    assert await w.balance() == (100, 7, 5)
+    logged = [fields for _, fields in await client.xrange(keys.request_log(w.account.id))]
+    assert [(e["id"], e["credits"]) for e in logged] == [("r1", "7")]
+    assert await client.exists(keys.reclaimed(w.account.id)) == 0
+    # A reclaimed request released without a charge stays released.
+    assert await w.settle("r2", at=replay + 2) == Settlement(True, 5, 88)
+    assert await w.admit("r3", 4, at=replay + 3) == ok(50, 48, 1, 1, 84)
+    assert await w.admit("r4", 4, at=replay + 3 + TTL_MS) == ok(50, 49, 1, 1, 84, reclaimed=1)
+    assert await w.settle("r3", charge=False, status=502, price=4) == Settlement(True, 0, 84)
+    assert await w.settle("r3", price=4) == Settlement(False, 0, 84)
+    assert await w.balance() == (100, 12, 4)
+    # A reclaimed request is remembered for RECLAIMED_MEMORY_MS, then forgotten: its settle is
+    # a no-op from then on (never twice beats never lost).
+    await client.hset(w.account_key, "cycle_end", NOW_MS + 2 * RECLAIMED_MEMORY_MS)
+    r4_reclaimed = replay + 3 + 2 * TTL_MS
+    assert (await w.admit("r5", 1, at=r4_reclaimed)).reclaimed == 1
+    assert 0 < await client.pttl(keys.reclaimed(w.account.id)) <= RECLAIMED_MEMORY_MS
+    much_later = r4_reclaimed + RECLAIMED_MEMORY_MS + 1
+    assert (await w.admit("r6", 1, at=much_later)).reclaimed == 1
+    assert await client.zrange(keys.reclaimed(w.account.id), 0, -1) == ["r5"]
+    assert await w.settle("r4", price=4) == Settlement(False, 0, 87)
+    assert await w.balance() == (100, 12, 1)
 
 
 @case
@@ -602,6 +649,7 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.usage_hour(a, NOW_MS + 7 * keys.HOUR_MS),
         keys.usage_day(a, NOW_MS),
         keys.billing(a),
+        keys.reclaimed(a),
     ]
     assert {hash_tag(name) for name in names} == {f"acct:{a}"}
     assert len({key_slot(name.encode()) for name in names}) == 1

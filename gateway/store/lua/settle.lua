@@ -1,8 +1,10 @@
--- settle.lua: finish one admitted request, once. Idempotent per request id: the hold is the
--- record of an unsettled request, so a second settle (a replay) finds none and changes nothing.
---   release the lease; charge the hold on success or drop it; log the request; bump the
---   hourly aggregate. A hold admitted in an earlier cycle is charged to that cycle and never
---   touches the current cycle's counters (SPEC R7).
+-- settle.lua: finish one admitted request, once. Idempotent per request id: an unsettled
+-- request is either held (its hold) or reclaimed (its lease expired first: admit.lua moved it
+-- to the reclaimed set); settling removes it from there, so a second settle (a replay) finds
+-- neither and changes nothing.
+--   release the lease; charge the request on success or drop its hold; log the request; bump
+--   the hourly aggregate. A request admitted in an earlier cycle is charged to that cycle and
+--   never touches the current cycle's counters (SPEC R7).
 --
 -- KEYS[1] account hash   gw:{acct:<A>}:account
 -- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>
@@ -11,6 +13,7 @@
 -- KEYS[5] usage hour     gw:{acct:<A>}:usage:h:<hour start ms>  hash "<route>|<org>|n" / "|c"
 -- KEYS[6] usage day      gw:{acct:<A>}:usage:d:<day start ms>   the same, per UTC day
 -- KEYS[7] idempotency    gw:{acct:<A>}:idem:<key hash>   see admit.lua; unused without a key
+-- KEYS[8] reclaimed      gw:{acct:<A>}:reclaimed    see admit.lua
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] now, epoch milliseconds
@@ -23,31 +26,40 @@
 -- ARGV[10] for a request with an Idempotency-Key: the response to keep for retries (JSON),
 --          or "-" to drop the record (the request failed: a retry may run); "" without a key
 -- ARGV[11] how long an idempotency record lives, seconds
+-- ARGV[12] the price the request was admitted with, credits: charged when it was reclaimed
+-- ARGV[13] the cycle start (ms) it was admitted in, for the same case
 --
 -- Returns {applied, charged, credits_remaining}
---   applied: 1 when this call settled the request, 0 when it was already settled or reclaimed.
+--   applied: 1 when this call settled the request, 0 when it was already settled (or never
+--   admitted, or reclaimed so long ago that it was forgotten).
 
 local account, leases, holds, log = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local request_id = ARGV[1]
 
 redis.call('ZREM', leases, request_id)
+local credits, cycle
 local hold = redis.call('HGET', holds, request_id)
-if not hold then
+if hold then
+  redis.call('HDEL', holds, request_id)
+  credits, cycle = string.match(hold, '^(%d+):(%d+)$')
+  credits = tonumber(credits)
+elseif redis.call('ZREM', KEYS[8], request_id) == 1 then
+  -- Its lease expired before it settled (an outage longer than the TTL): the reclaim released
+  -- its credits, and what the order says is what the client was told.
+  credits, cycle = tonumber(ARGV[12]), ARGV[13]
+else
   local f = redis.call('HMGET', account, 'allocation', 'used', 'held')
   return {0, 0, (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0) - (tonumber(f[3]) or 0)}
 end
-redis.call('HDEL', holds, request_id)
-
-local credits, cycle = string.match(hold, '^(%d+):(%d+)$')
-credits = tonumber(credits)
 local charged = 0
 if ARGV[4] == '1' then charged = credits end
 
 local f = redis.call('HMGET', account, 'allocation', 'used', 'held', 'cycle_start')
 local allocation, used, held = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
 if cycle == f[4] then
-  -- One HSET for both counters (read above, in the same atomic script).
-  held = held - credits
+  -- One HSET for both counters (read above, in the same atomic script). A reclaimed request's
+  -- credits left `held` when it was reclaimed.
+  if hold then held = held - credits end
   used = used + charged
   redis.call('HSET', account, 'held', string.format('%d', held), 'used', string.format('%d', used))
 end
