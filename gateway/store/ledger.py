@@ -210,6 +210,7 @@ class Ledger:
                     keys.usage_day(a, order["now_ms"]),
                     keys.idempotency(a, order["idempotency_key"] or "-"),
                     keys.reclaimed(a),
+                    keys.billing(a),
                 ],
                 [
                     order["request_id"],
