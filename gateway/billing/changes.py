@@ -37,9 +37,12 @@ def renew(
     allocation, used, price = sub.allocation, sub.used, paid_price(sub, plans)
     concurrency: int | None = None
     rps: int | None = None
+    closed: str | None = None  # R8: what late charges of the cycle closed here need
 
     while now >= end:
         contract = sub.contract
+        if contract is not None and contract.overage and start == sub.cycle_start:
+            closed = closed_cycle(start, end, allocation, used, contract)
         if contract is not None and contract.overage and used > allocation:
             over = used - allocation
             rate = contract.overage_rate_cents_per_1k
@@ -130,6 +133,8 @@ def renew(
         fields["held"] = 0  # holds of the closed cycle settle against it, never the new one (R7)
     if rps is not None:
         fields["rps"] = rps
+    if closed is not None:
+        fields["closed"] = closed
     return Transition(
         "renew", fields, tuple(entries), effective_at=sub.cycle_end, org_concurrency=concurrency
     )
@@ -143,6 +148,16 @@ def paid_price(sub: Subscription, plans: dict[str, Plan]) -> int:
         return sub.price_cents
     plan = plans.get(sub.plan or "")
     return plan.price_cents if plan is not None else 0
+
+
+def closed_cycle(
+    start: datetime, end: datetime, allocation: int, used: int, contract: Contract
+) -> str:
+    """The cycle a renewal closes, as settle.lua reads it to bill the overage of requests that
+    settle after the renewal (R8): "<start>:<end>:<due>:<allocation>:<used>:<rate>"."""
+    due = end + timedelta(days=contract.net_days)
+    rate = contract.overage_rate_cents_per_1k
+    return f"{to_ms(start)}:{to_ms(end)}:{to_ms(due)}:{allocation}:{used}:{rate}"
 
 
 def change_plan(

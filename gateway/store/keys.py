@@ -19,6 +19,11 @@ def holds(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:holds"
 
 
+def reclaimed(account_id: str) -> str:
+    """Requests whose lease was reclaimed before they settled (zset, score: reclaim time ms)."""
+    return f"gw:{{acct:{account_id}}}:reclaimed"
+
+
 def request_log(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:requests"
 

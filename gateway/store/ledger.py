@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -30,6 +30,9 @@ def close_unawaited(awaitable: Awaitable[object]) -> None:
 
 REQUEST_LOG_LENGTH = 1000
 USAGE_RETENTION_S = 400 * 86400
+# How long a request reclaimed before it settled stays settleable. A spooled settlement is
+# replayed as soon as the store answers, or when a process next starts on its host.
+RECLAIMED_MEMORY_MS = 30 * 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class Admission:
     concurrency_current: int
     credits_remaining: int
     reclaimed: int
+    # The cycle start (ms) an admitted request's hold belongs to, for its settle order; 0 when
+    # nothing was held. Where the request is charged, not part of the outcome: not compared.
+    cycle_start_ms: int = field(default=0, compare=False)
 
     @property
     def admitted(self) -> bool:
@@ -75,6 +81,11 @@ class SettleOrder(TypedDict):
     request_id: str
     now_ms: int
     charge: bool
+    # What the request was admitted with: its price and cycle start (ms). Settle charges from
+    # these when the lease expired before the settle landed (a long outage), so that a spooled
+    # success lands whatever became of its hold.
+    price: int
+    cycle: int
     route: str
     status: int
     latency_ms: int
@@ -170,7 +181,13 @@ class Ledger:
             "admit",
             self.batcher.run(
                 ADMIT,
-                [keys.account(a), keys.leases(a, who.org_id), keys.holds(a), idem_key],
+                [
+                    keys.account(a),
+                    keys.leases(a, who.org_id),
+                    keys.holds(a),
+                    idem_key,
+                    keys.reclaimed(a),
+                ],
                 [
                     request_id,
                     who.org_id,
@@ -182,11 +199,12 @@ class Ledger:
                     pricing_version,
                     idempotency.request_hash if idempotency else "",
                     idempotency.in_flight_ttl_s if idempotency else 0,
+                    RECLAIMED_MEMORY_MS,
                 ],
             ),
             deadline=False,
         )
-        return Admission(str(reply[0]), *(int(v) for v in reply[1:7]))
+        return Admission(str(reply[0]), *(int(v) for v in reply[1:8]))
 
     async def settle(self, who: Identity, order: SettleOrder) -> Settlement:
         a = who.account_id
@@ -202,6 +220,8 @@ class Ledger:
                     keys.usage_hours(a, order["now_ms"]),
                     keys.usage_day(a, order["now_ms"]),
                     keys.idempotency(a, who.org_id, order["idempotency_key"] or "-"),
+                    keys.reclaimed(a),
+                    keys.billing(a),
                 ],
                 [
                     order["request_id"],
@@ -215,6 +235,8 @@ class Ledger:
                     USAGE_RETENTION_S,
                     order["response"] if order["idempotency_key"] else "",
                     IDEMPOTENCY_TTL_S,
+                    order["price"],
+                    order["cycle"],
                 ],
             ),
             deadline=False,

@@ -22,6 +22,11 @@ from gateway.store.ledger import Identity, SettleOrder
 log = logging.getLogger(__name__)
 
 
+# Lines written before orders carried their price and cycle: they still land while the hold
+# exists, as they always did.
+_LEGACY: dict[str, Any] = {"price": 0, "cycle": 0}
+
+
 class Spool:
     def __init__(self, directory: str | Path, metrics: Metrics) -> None:
         self._dir = Path(directory)
@@ -38,7 +43,10 @@ class Spool:
         return [
             (
                 Identity(e["account_id"], e["org_id"], e["key_id"]),
-                cast(SettleOrder, {name: e[name] for name in SettleOrder.__annotations__}),
+                cast(
+                    SettleOrder,
+                    {name: e.get(name, _LEGACY.get(name)) for name in SettleOrder.__annotations__},
+                ),
             )
             for e in self._pending.values()
         ]

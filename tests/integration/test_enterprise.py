@@ -65,6 +65,33 @@ async def test_overage_is_served_and_invoiced_at_renewal(gw: Running) -> None:
     assert account["credits"]["remaining"] == 20
 
 
+async def test_overage_of_a_request_answered_after_the_renewal_is_billed(
+    gw: Running, clock: MovableClock, upstream: RecordingUpstream
+) -> None:
+    c = await enterprise(gw, credits_per_cycle=0, prices={"/v1/monitor/flat": {"base": 1000}})
+    slow = asyncio.create_task(gw.call("POST", "/v1/monitor/flat?sleep=1", c.key))
+    while not upstream.requests:
+        await asyncio.sleep(0.01)
+    clock.jump(timedelta(seconds=3))  # the cycle ends while the request is in flight
+    _, _, account = await gw.call("GET", "/v1/account", c.key)  # renews: nothing over yet
+    assert account["cycle"]["start"] == "2026-03-15T10:00:00.000Z"
+    status, headers, _ = await slow
+    assert status == 200 and headers["X-Credits-Charged"] == "1000"
+    _, _, log = await gw.call("GET", "/v1/account/requests", c.key)
+    assert log["requests"][0]["credits"] == 1000
+    _, body = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}/billing")
+    assert [e["type"] for e in body["entries"]] == ["overage", "renew", "subscribe"]
+    overage = body["entries"][0]
+    assert overage["credits"] == 1000 and overage["amount_cents"] == 2500  # 1000 x 2500 / 1000
+    assert overage["cycle_start"] == "2026-02-15T10:00:00.000Z"
+    assert overage["cycle_end"] == "2026-03-15T10:00:00.000Z"
+    assert overage["due_at"] == "2026-03-22T10:00:00.000Z"  # the cycle's, as at renewal
+    assert overage["occurred_at"] > "2026-03-15T10:00:00.000Z"
+    # The late charge belongs to the closed cycle: the new one starts untouched (R7).
+    _, _, account = await gw.call("GET", "/v1/account", c.key)
+    assert account["credits"]["used"] == 0 and account["credits"]["overage"] == 0
+
+
 async def test_overage_rounds_half_up_to_cents(gw: Running) -> None:
     c = await enterprise(gw, overage_rate_cents_per_1k=1050)  # 10 credits over: 10.5 cents
     for _ in range(3):

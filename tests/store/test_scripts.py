@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -20,14 +20,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from gateway.billing import changes
+from gateway.billing.contract import Contract, PriceBook
+from gateway.billing.subscription import Entry
 from gateway.catalog.models import Plan
-from gateway.clock import to_ms
+from gateway.clock import from_ms, to_ms
 from gateway.errors import Conflict
 from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, Accounts, KeyRecord, hash_key
 from gateway.store.billing import Billing
 from gateway.store.ledger import (
+    RECLAIMED_MEMORY_MS,
     REQUEST_LOG_LENGTH,
     USAGE_RETENTION_S,
     Admission,
@@ -107,7 +110,7 @@ class World:
             lease_ttl_ms=TTL_MS,
             price=price,
             enterprise_only=enterprise_only,
-            pricing_version="0",
+            pricing_version=str(self.account.pricing_version),
         )
 
     async def settle(
@@ -119,13 +122,19 @@ class World:
         route: str = "search",
         status: int = 200,
         latency_ms: int = 250,
+        price: int = 0,
+        cycle: int = CYCLE_START_MS,
     ) -> Settlement:
+        """`price` and `cycle`: what the order says the request was admitted with (used only
+        when its hold is gone)."""
         return await self.ledger.settle(
             self.who,
             {
                 "request_id": request_id,
                 "now_ms": at,
                 "charge": charge,
+                "price": price,
+                "cycle": cycle,
                 "route": route,
                 "status": status,
                 "latency_ms": latency_ms,
@@ -151,13 +160,24 @@ class World:
 
 
 async def make_world(
-    client: Any, *, credits: int = 100, concurrency: int = 3, rps: int = 5
+    client: Any,
+    *,
+    credits: int = 100,
+    concurrency: int = 3,
+    rps: int = 5,
+    contract: Contract | None = None,
 ) -> World:
+    """A public account on a plan of these numbers, or an enterprise one on `contract`."""
     accounts = Accounts(client)
-    plan = Plan(price_cents=4900, credits=credits, concurrency=concurrency, rate_limit_rps=rps)
-    account = await accounts.create_public(
-        name="Test Co", plan_name="lite", plan=plan, anchor=ANCHOR, now=NOW
-    )
+    if contract is None:
+        plan = Plan(price_cents=4900, credits=credits, concurrency=concurrency, rate_limit_rps=rps)
+        account = await accounts.create_public(
+            name="Test Co", plan_name="lite", plan=plan, anchor=ANCHOR, now=NOW
+        )
+    else:
+        account = await accounts.create_enterprise(
+            name="Big Co", contract=contract, book=PriceBook(), anchor=ANCHOR, now=NOW
+        )
     assert len(account.orgs) == 1
     created = await accounts.create_key(account.orgs[0].id, NOW)
     assert created is not None
@@ -421,9 +441,9 @@ async def expired_leases_are_reclaimed_and_never_charged(client: Any) -> None:
     assert set(await w.leases()) == {"r2", "r3"}
     assert await w.holds() == {"r2": hold(5), "r3": hold(1)}
     assert await w.balance() == (100, 0, 6)
-    # The dead process's late settle finds no hold: not applied, never charged, not logged.
-    assert await w.settle("r1", at=after + 5) == Settlement(False, 0, 94)
-    assert await w.balance() == (100, 0, 6)
+    # A dead process never settles: r1 is only remembered as reclaimed (see the next case).
+    reclaimed = keys.reclaimed(w.account.id)
+    assert await client.zrange(reclaimed, 0, -1, withscores=True) == [("r1", after)]
     assert await client.xlen(keys.request_log(w.account.id)) == 0
     # Reclaim also runs on refusals of that org: here both remaining leases have expired.
     later = NOW_MS + 10 * TTL_MS
@@ -433,6 +453,111 @@ async def expired_leases_are_reclaimed_and_never_charged(client: Any) -> None:
     assert await w.leases() == {}
     assert await w.holds() == {}
     assert await w.balance() == (100, 0, 0)
+
+
+@case
+async def a_reclaimed_request_that_settles_later_is_charged_once_from_its_order(
+    client: Any,
+) -> None:
+    # A process cut off from the store for longer than the lease TTL spooled its success; the
+    # store came back and an admission reclaimed the lease first. The replay still lands.
+    w = await make_world(client, credits=100, concurrency=1, rps=50)
+    admitted = await w.admit("r1", 7)
+    assert admitted == ok(50, 49, 1, 1, 93) and admitted.cycle_start_ms == CYCLE_START_MS
+    assert await w.admit("r2", 5, at=NOW_MS + TTL_MS) == ok(50, 49, 1, 1, 95, reclaimed=1)
+    assert await w.balance() == (100, 0, 5)
+    replay = NOW_MS + TTL_MS + 10
+    assert await w.settle("r1", at=replay, price=7) == Settlement(True, 7, 88)
+    assert await w.balance() == (100, 7, 5)
+    # Exactly once: the same order again (a replay that timed out, a re-adopted spool).
+    assert await w.settle("r1", at=replay + 1, price=7) == Settlement(False, 0, 88)
+    assert await w.balance() == (100, 7, 5)
+    logged = [fields for _, fields in await client.xrange(keys.request_log(w.account.id))]
+    assert [(e["id"], e["credits"]) for e in logged] == [("r1", "7")]
+    assert await client.exists(keys.reclaimed(w.account.id)) == 0
+    # A reclaimed request released without a charge stays released.
+    assert await w.settle("r2", at=replay + 2) == Settlement(True, 5, 88)
+    assert await w.admit("r3", 4, at=replay + 3) == ok(50, 48, 1, 1, 84)
+    assert await w.admit("r4", 4, at=replay + 3 + TTL_MS) == ok(50, 49, 1, 1, 84, reclaimed=1)
+    assert await w.settle("r3", charge=False, status=502, price=4) == Settlement(True, 0, 84)
+    assert await w.settle("r3", price=4) == Settlement(False, 0, 84)
+    assert await w.balance() == (100, 12, 4)
+    # A reclaimed request is remembered for RECLAIMED_MEMORY_MS, then forgotten: its settle is
+    # a no-op from then on (never twice beats never lost).
+    await client.hset(w.account_key, "cycle_end", NOW_MS + 2 * RECLAIMED_MEMORY_MS)
+    r4_reclaimed = replay + 3 + 2 * TTL_MS
+    assert (await w.admit("r5", 1, at=r4_reclaimed)).reclaimed == 1
+    assert 0 < await client.pttl(keys.reclaimed(w.account.id)) <= RECLAIMED_MEMORY_MS
+    much_later = r4_reclaimed + RECLAIMED_MEMORY_MS + 1
+    assert (await w.admit("r6", 1, at=much_later)).reclaimed == 1
+    assert await client.zrange(keys.reclaimed(w.account.id), 0, -1) == ["r5"]
+    assert await w.settle("r4", price=4) == Settlement(False, 0, 87)
+    assert await w.balance() == (100, 12, 1)
+
+
+OVERAGE = Contract(
+    credits_per_cycle=0,
+    price_cents=100_000,
+    concurrency=4,
+    rate_limit_rps=50,
+    overage=True,
+    overage_rate_cents_per_1k=1050,
+    net_days=7,
+)
+
+
+@case
+async def late_charges_of_a_closed_cycle_bill_its_overage_difference(client: Any) -> None:
+    w = await make_world(client, contract=OVERAGE)
+    for request_id in ("a", "b", "c", "e"):
+        assert (await w.admit(request_id, 5)).admitted
+    assert await w.settle("a") == Settlement(True, 5, -20)
+    # The cycle ends with three in flight: the renewal bills 5 credits over (5.25 cents).
+    await Billing(w.accounts).current(w.account.id, {}, from_ms(CYCLE_END_MS))
+    billing = keys.billing(w.account.id)
+    entries = [json.loads(e) for e in await client.lrange(billing, 0, -1)]
+    assert [(e["type"], e["amount_cents"]) for e in entries] == [
+        ("subscribe", 100_000),
+        ("overage", 5),
+        ("renew", 100_000),
+    ]
+    # "b" settles after the renewal: charged to the closed cycle (R7), whose overage is now 10
+    # credits, 10.5 -> 11 cents: the new entry bills the difference, 6 cents.
+    at = CYCLE_END_MS + 1500
+    assert await w.settle("b", at=at) == Settlement(True, 5, 0)
+    expected = Entry(
+        "bill_b",
+        w.account.id,
+        "overage",
+        from_ms(at),
+        from_ms(CYCLE_START_MS),
+        from_ms(CYCLE_END_MS),
+        6,
+        5,
+        "5 credits over the allocation at 1050 cents per 1000, settled after the renewal",
+        due_at=from_ms(CYCLE_END_MS) + timedelta(days=7),
+    )
+    assert await client.lindex(billing, -1) == expected.dumps()
+    # "c" is reclaimed by an admission of the new cycle, then lands from its order: 15 credits
+    # over, 15.75 -> 16 cents, so 5 more.
+    assert (await w.admit("d", 2, at=CYCLE_END_MS + TTL_MS)).reclaimed == 2  # "c" and "e"
+    assert await w.settle("c", at=at + TTL_MS, price=5) == Settlement(True, 5, -2)
+    # A replay bills nothing again; the new cycle's counters never saw any of it.
+    assert await w.settle("b", at=at + TTL_MS + 1) == Settlement(False, 0, -2)
+    overage = [
+        json.loads(e)["amount_cents"]
+        for e in await client.lrange(billing, 0, -1)
+        if json.loads(e)["type"] == "overage"
+    ]
+    assert overage == [5, 6, 5] and sum(overage) == 16  # round(15 x 1.05), half up
+    assert await w.balance() == (0, 0, 2)
+    closed = f"{CYCLE_START_MS}:{CYCLE_END_MS}:{CYCLE_END_MS + 7 * 86_400_000}:0:15:1050"
+    assert await w.field("closed") == closed
+    # A late charge that stays within the allocation bills nothing (an allocation set by hand).
+    await client.hset(w.account_key, "closed", closed.replace(":0:15:", ":100:15:"))
+    assert await w.settle("e", at=at + TTL_MS + 2, price=5) == Settlement(True, 5, -2)
+    assert await client.llen(billing) == 5
+    assert await w.field("closed") == closed.replace(":0:15:", ":100:20:")
 
 
 @case
@@ -701,6 +826,7 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.usage_day(a, NOW_MS),
         keys.billing(a),
         keys.subscription_changes(a),
+        keys.reclaimed(a),
     ]
     assert {hash_tag(name) for name in names} == {f"acct:{a}"}
     assert len({key_slot(name.encode()) for name in names}) == 1

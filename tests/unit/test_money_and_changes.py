@@ -617,6 +617,24 @@ def test_enterprise_overage_is_not_billed_when_the_contract_does_not_allow_it() 
     assert types(transition) == ["renew"]
 
 
+def test_renewal_records_the_closed_cycle_for_late_overage_charges() -> None:
+    # Two cycles at once (an idle account): the record is the cycle that had usage, the first.
+    later = add_months(CYCLE_END, 1)
+    transition = renew(enterprise(used=1_001_234), PLANS, later)
+    assert transition is not None
+    due = to_ms(CYCLE_END + timedelta(days=CONTRACT.net_days))
+    rate = CONTRACT.overage_rate_cents_per_1k
+    assert transition.fields["closed"] == (
+        f"{to_ms(CYCLE_START)}:{to_ms(CYCLE_END)}:{due}:1000000:1001234:{rate}"
+    )
+    # Without overage a late charge bills nothing, so nothing is recorded.
+    no_overage = CONTRACT.model_copy(update={"overage": False})
+    transition = renew(enterprise(contract=no_overage, used=5), PLANS, CYCLE_END)
+    assert transition is not None and "closed" not in transition.fields
+    transition = renew(public("lite", used=5), PLANS, CYCLE_END)
+    assert transition is not None and "closed" not in transition.fields
+
+
 # Cancel and reactivate (R6) -----------------------------------------------------------------
 
 

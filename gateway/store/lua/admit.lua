@@ -10,6 +10,8 @@
 -- KEYS[3] holds          gw:{acct:<A>}:holds        hash, request id -> "<credits>:<cycle start ms>"
 -- KEYS[4] idempotency    gw:{acct:<A>}:idem:<O>:<sha256 of the client's Idempotency-Key>
 --                        hash {state: inflight|done, hash, request, response}; unused without a key
+-- KEYS[5] reclaimed      gw:{acct:<A>}:reclaimed    zset, member = request id, score = reclaim
+--                        time (ms): admitted, reclaimed before it settled (see settle.lua)
 -- ARGV[1] request id
 -- ARGV[2] org id
 -- ARGV[3] key id (must still be active on the account: revocation is immediate)
@@ -21,8 +23,11 @@
 -- ARGV[9] hash of the request (method, path, body) when it carries an Idempotency-Key, else ""
 -- ARGV[10] how long an in-flight idempotency record lives, seconds (the request's longest
 --          possible life: if its process dies, the key frees itself after this)
+-- ARGV[11] how long a reclaimed request is remembered, milliseconds (longer than a spooled
+--          settlement waits to be replayed)
 --
 -- Returns {code, rps_limit, rps_remaining, conc_limit, conc_current, credits_remaining, reclaimed}
+--   and, when admitted with a hold, an 8th value: the cycle start (ms) the hold belongs to.
 --   code: "OK" | "INVALID_API_KEY" | "SUBSCRIPTION_INACTIVE" | "INSUFFICIENT_PERMISSIONS"
 --         | "RATE_LIMIT_EXCEEDED" | "CONCURRENT_LIMIT_EXCEEDED" | "INSUFFICIENT_CREDITS"
 --         | "RENEW"   the cycle has ended: renew the account, then admit again
@@ -78,6 +83,8 @@ if idempotent then
 end
 
 -- 1. Leases not renewed in time belong to dead processes: free the slot and the credits.
+-- A live process cut off from the store for longer than the TTL may still settle (from its
+-- spool): remember the request as reclaimed, so that settle lands its charge exactly once.
 local reclaimed = 0
 local released = 0
 local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
@@ -87,11 +94,14 @@ for _, id in ipairs(expired) do
     local credits, cycle = string.match(hold, '^(%d+):(%d+)$')
     if cycle == cycle_start then released = released + tonumber(credits) end
     redis.call('HDEL', holds, id)
+    redis.call('ZADD', KEYS[5], now, id)
   end
   reclaimed = reclaimed + 1
 end
 if reclaimed > 0 then
   redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[11]))
+  redis.call('PEXPIRE', KEYS[5], ARGV[11])
   held = held - released
   remaining = allocation - used - held
 end
@@ -137,4 +147,5 @@ if idempotent then
 end
 held = held + price
 save('rate_sec', second, 'rate_count', count)
-return {'OK', rps, rps - count, limit, current + 1, allocation - used - held, reclaimed}
+return {'OK', rps, rps - count, limit, current + 1, allocation - used - held, reclaimed,
+  cycle_start}
