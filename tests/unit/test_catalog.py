@@ -267,16 +267,18 @@ def test_a_missing_file_is_reported() -> None:
 
 
 def test_upgrade_credits_default_to_full_and_may_be_prorated() -> None:
-    assert catalog_with_routes("  []\n").billing.upgrade_credits == "full"
-    prorated = parse_catalog(HEADER + b"routes: []\nbilling: {upgrade_credits: prorated}\n")
+    routes = b"routes: [{path: /a, upstream: s}]\n"
+    assert parse_catalog(HEADER + routes).billing.upgrade_credits == "full"
+    prorated = parse_catalog(HEADER + routes + b"billing: {upgrade_credits: prorated}\n")
     assert prorated.billing.upgrade_credits == "prorated"
-    assert problems_of(HEADER + b"routes: []\nbilling: {grace_days: 3}\n") == [
+    assert problems_of(HEADER + routes + b"billing: {grace_days: 3}\n") == [
         "billing.grace_days: unknown key"
     ]
 
 
 def test_version_is_not_a_catalog_key() -> None:
-    assert problems_of(HEADER + b"routes: []\nversion: v2\n") == ["version: unknown key"]
+    routes = b"routes: [{path: /a, upstream: s}]\n"
+    assert problems_of(HEADER + routes + b"version: v2\n") == ["version: unknown key"]
 
 
 # --------------------------------------------------------------------------- check-config
