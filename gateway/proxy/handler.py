@@ -109,9 +109,16 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         request[OUTCOME] = "free" if _success(reply.status) else "upstream_error"
         headers = _client_headers(reply, tracking)
         relayed = await relay(
-            request, reply, headers, limit=limits.max_response_bytes, keep_limit=0
+            request,
+            reply,
+            headers,
+            limit=limits.max_response_bytes,
+            keep_limit=0,
+            send_timeout_s=limits.client_body_timeout_s,
         )
         request[UPSTREAM_SECONDS] = time.perf_counter() - reply.started
+        if relayed.gone:
+            request[OUTCOME] = "client_canceled"
         return await finish(request, reply, headers, relayed)
 
     started = time.perf_counter()
@@ -150,7 +157,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         keep_limit = limits.max_kept_response_bytes if idempotency is not None else 0
         try:
             relayed = await relay(
-                request, reply, headers, limit=limits.max_response_bytes, keep_limit=keep_limit
+                request,
+                reply,
+                headers,
+                limit=limits.max_response_bytes,
+                keep_limit=keep_limit,
+                send_timeout_s=limits.client_body_timeout_s,
             )
         except asyncio.CancelledError:
             reply.body.abort()

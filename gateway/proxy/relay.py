@@ -4,6 +4,7 @@ settled, so a client that has read the whole reply finds its slot free already."
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -48,6 +49,7 @@ class Relayed:
     error: GatewayError | None = None  # what cut the body short
     response: web.StreamResponse | None = None  # None: nothing went to the client yet
     size: int = 0
+    send_timeout_s: float = 30.0  # a client that takes no bytes for this long is cut
 
 
 async def relay(
@@ -57,11 +59,12 @@ async def relay(
     *,
     limit: int,
     keep_limit: int,
+    send_timeout_s: float,
 ) -> Relayed:
     """Write the reply to the client part by part, all but the last; read to the end even if
     the client hangs up, so the caller knows whether the body was whole. `keep_limit` 0: keep
     nothing."""
-    out = Relayed(kept=[] if keep_limit else None)
+    out = Relayed(kept=[] if keep_limit else None, send_timeout_s=send_timeout_s)
     declared = reply.body.content_length
     if declared is not None and declared > limit and request.method != "HEAD":
         reply.body.abort()
@@ -145,12 +148,19 @@ async def _write(
     if out.gone:
         return
     try:
-        if out.response is None:
-            out.response = _StreamResponse(status=reply.status, headers=headers)
-            if reply.body.content_length is not None:
-                out.response.content_length = reply.body.content_length
-            await out.response.prepare(request)
-        if part:
-            await out.response.write(part)
+        # Like nginx's send_timeout: a client that stops reading cannot hold the slot (and
+        # the upstream's connection) for ever.
+        async with asyncio.timeout(out.send_timeout_s):
+            if out.response is None:
+                out.response = _StreamResponse(status=reply.status, headers=headers)
+                if reply.body.content_length is not None:
+                    out.response.content_length = reply.body.content_length
+                await out.response.prepare(request)
+            if part:
+                await out.response.write(part)
     except ConnectionError:
         out.gone = True
+    except TimeoutError:
+        out.gone = True
+        if request.transport is not None:
+            request.transport.abort()

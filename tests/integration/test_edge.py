@@ -737,3 +737,35 @@ async def test_100_continue_only_once_the_request_may_go_on(
     first = await asyncio.wait_for(reader.readuntil(b"\r\n"), 2)
     writer.close()
     assert first.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_send_deadline(
+    redis_url: str,
+) -> None:
+    size = 64 * 1024 * 1024  # far more than the sockets' buffers hold
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"q" * 65536
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+
+    async with RawUpstream(big) as upstream:
+        gw = await _gateway(redis_url, upstream.url, max_response_bytes=size)
+        try:
+            c = await gw.new_customer("five")
+            reader, writer = await _raw(
+                gw,
+                f"GET {FLAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n\r\n".encode(),
+            )
+            started = time.monotonic()
+            while (await account_state(redis_url, c.account_id, c.org_id))["leases"] == 0:
+                await asyncio.sleep(0.02)  # admitted
+            while (await account_state(redis_url, c.account_id, c.org_id))["leases"]:
+                assert time.monotonic() - started < 5, "a client that reads nothing held on"
+                await asyncio.sleep(0.05)
+            writer.close()
+        finally:
+            await gw.close()
