@@ -33,7 +33,9 @@ from gateway.errors import (
     InsufficientCredits,
     InsufficientPermissions,
     InvalidApiKey,
+    PayloadTooLarge,
     RateLimitExceeded,
+    RequestTimeout,
     StoreError,
     SubscriptionInactive,
     ValidationFailed,
@@ -62,16 +64,20 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     # The key before the body: a client without one holds no memory and no time.
     who = await gw.keys.authenticate(request.headers.get("Authorization"))
     request[WHO] = who
-    body = await inbound.read_body(
-        request, limits.max_request_body_bytes, limits.client_body_timeout_s
-    )
     request_id = request[REQUEST_ID]
     upstream = snapshot.catalog.upstreams[route.upstream]
-    idempotency = _idempotency(request, body, upstream.timeout_s + limits.lease_ttl_s)
-    priced = inbound.decoded(request, body, limits.max_request_body_bytes)
-    admission, price = await _price_and_admit(
-        gw, request, route, priced, who, limits.lease_ttl_s, idempotency
-    )
+    try:
+        body = await inbound.read_body(
+            request, limits.max_request_body_bytes, limits.client_body_timeout_s
+        )
+        idempotency = _idempotency(request, body, upstream.timeout_s + limits.lease_ttl_s)
+        priced = inbound.decoded(request, body, limits.max_request_body_bytes)
+        admission, price = await _price_and_admit(
+            gw, request, route, priced, who, limits.lease_ttl_s, idempotency
+        )
+    except (ValidationFailed, PayloadTooLarge, RequestTimeout):
+        await _count_refused(gw, request, who)
+        raise
     if admission.reclaimed:
         gw.metrics.leases_reclaimed.inc(admission.reclaimed)
     if admission.code == "REPLAY" and idempotency is not None:
@@ -343,6 +349,21 @@ def _order(
         "latency_ms": int((time.perf_counter() - started) * 1000),
         "idempotency_key": idempotency.key_hash if idempotency else "",
         "response": keep if charge else "-",
+    }
+
+
+async def _count_refused(gw: Gateway, request: web.Request, who: Identity) -> None:
+    """An authenticated request refused for its input before admission still counts in the
+    account's rate window, and its answer carries the window's headers (SPEC 4)."""
+    try:
+        counted = await gw.ledger.count_call(
+            who, request_id=request[REQUEST_ID], now_ms=gw.now_ms()
+        )
+    except StoreError:
+        return  # the input error is the answer; the window's headers are best effort here
+    request[TRACKING] = {
+        "X-RateLimit-Limit": str(counted.rps_limit),
+        "X-RateLimit-Remaining": str(max(0, counted.rps_remaining)),
     }
 
 

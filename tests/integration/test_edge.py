@@ -756,7 +756,7 @@ async def test_a_client_that_stops_reading_is_cut_after_the_send_deadline(
         gw = await _gateway(redis_url, upstream.url, max_response_bytes=size)
         try:
             c = await gw.new_customer("five")
-            reader, writer = await _raw(
+            _reader, writer = await _raw(
                 gw,
                 f"GET {FLAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n\r\n".encode(),
             )
@@ -769,3 +769,16 @@ async def test_a_client_that_stops_reading_is_cut_after_the_send_deadline(
             writer.close()
         finally:
             await gw.close()
+
+
+async def test_a_request_refused_for_its_input_counts_and_says_its_window(
+    edge: Running, upstream: RecordingUpstream
+) -> None:
+    c = await edge.new_customer("five")
+    status, headers, body = await edge.call("POST", PRICED, c.key, data=b'{"pages": 99}')
+    assert status == 400 and body["error"]["details"]["field"] == "pages"
+    assert headers["X-RateLimit-Limit"] == "1000"
+    first = int(headers["X-RateLimit-Remaining"])
+    _, headers, _ = await edge.call("POST", PRICED, c.key, data=b"[]")
+    assert int(headers["X-RateLimit-Remaining"]) == first - 1
+    assert upstream.requests == []
