@@ -53,6 +53,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 # Per-request values the middleware reads after the handler.
 REQUEST_ID = web.RequestKey("request_id", str)
+STARTED = web.RequestKey("started", float)  # time.perf_counter() when the request arrived
 ROUTE = web.RequestKey("route", str)
 WHO = web.RequestKey("who", Identity)
 OUTCOME = web.RequestKey("outcome", str)

@@ -19,6 +19,7 @@ from gateway.context import (
     OUTCOME,
     REQUEST_ID,
     ROUTE,
+    STARTED,
     TRACKING,
     UPSTREAM_SECONDS,
     WHO,
@@ -78,7 +79,7 @@ def error_response(request: web.Request, err: GatewayError) -> web.Response:
 @web.middleware
 async def public_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, latency, error envelope, the outcome count and the access line."""
-    started = time.perf_counter()
+    request[STARTED] = started = time.perf_counter()
     request[REQUEST_ID] = next(_request_ids)
     try:
         response = await handler(request)
@@ -102,8 +103,9 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
     # What the gateway charged, from the request's own record: never an upstream's header.
     status = 499 if outcome == "client_canceled" else response.status
     seconds = _record(request, status, outcome, started, request.get(CHARGED, 0))
-    response.headers["X-Request-Id"] = request[REQUEST_ID]
-    response.headers["X-Latency-Ms"] = str(int(seconds * 1000))
+    if not response.prepared:  # a streamed reply sent its own (gateway/proxy/relay.py)
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+        response.headers["X-Latency-Ms"] = str(int(seconds * 1000))
     return response
 
 

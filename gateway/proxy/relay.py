@@ -5,11 +5,13 @@ settled, so a client that has read the whole reply finds its slot free already."
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.context import REQUEST_ID, STARTED
 from gateway.errors import GatewayError, UpstreamError
 from gateway.proxy.upstream import UpstreamReply, read_part
 
@@ -152,6 +154,11 @@ async def _write(
         # the upstream's connection) for ever.
         async with asyncio.timeout(out.send_timeout_s):
             if out.response is None:
+                # Sent before the middleware sees the response: its own headers go now, the
+                # latency being the time to the reply's head.
+                headers["X-Request-Id"] = request[REQUEST_ID]
+                latency = time.perf_counter() - request[STARTED]
+                headers["X-Latency-Ms"] = str(int(latency * 1000))
                 out.response = _StreamResponse(status=reply.status, headers=headers)
                 if reply.body.content_length is not None:
                     out.response.content_length = reply.body.content_length

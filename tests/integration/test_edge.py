@@ -213,6 +213,8 @@ async def test_server_sent_events_reach_the_client_as_they_are_sent(redis_url: s
             ) as reply:
                 assert reply.status == 200
                 assert reply.headers["X-Credits-Charged"] == "10"
+                assert reply.headers["X-Request-Id"].startswith("req_")
+                assert int(reply.headers["X-Latency-Ms"]) >= 0
                 seen = b""
                 while b"data: 0" not in seen:  # before the upstream is done
                     seen += await asyncio.wait_for(reply.content.readany(), 2)
