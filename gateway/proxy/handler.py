@@ -89,15 +89,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
     if inbound.client_gone(request):  # hung up before anything went upstream
         if price is not None:
-            await _settle(
-                gw,
-                request,
-                who,
-                charge=False,
-                status=499,
-                started=time.perf_counter(),
-                idempotency=idempotency,
-            )
+            await _release(gw, request, who, 499, time.perf_counter(), idempotency)
         raise ClientClosedRequest()
     outgoing = request_headers(
         request.headers, request_id=request_id, who=who, client_ip=request.remote
@@ -110,77 +102,51 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         headers=outgoing,
         body=body,
     )
-    if price is None:
-        reply = await send
-        request[OUTCOME] = "free" if _success(reply.status) else "upstream_error"
-        headers = _client_headers(reply, tracking)
+    if price is None:  # unmetered: relayed, nothing to settle
+        free = await send
+        request[OUTCOME] = "free" if _success(free.status) else "upstream_error"
+        headers = _client_headers(free, tracking)
         relayed = await relay(
             request,
-            reply,
+            free,
             headers,
             limit=limits.max_response_bytes,
             keep_limit=0,
             send_timeout_s=limits.client_body_timeout_s,
         )
-        request[UPSTREAM_SECONDS] = time.perf_counter() - reply.started
+        request[UPSTREAM_SECONDS] = time.perf_counter() - free.started
         if relayed.gone:
             request[OUTCOME] = "client_canceled"
-        return await finish(request, reply, headers, relayed)
+        return await finish(request, free, headers, relayed)
 
     started = time.perf_counter()
     with gw.inflight.holding(who, request_id):
+        reply: UpstreamReply | None = None
         try:
             reply = await send
-        except GatewayError as exc:
-            await _settle(
-                gw,
-                request,
-                who,
-                charge=False,
-                status=exc.status,
-                started=started,
-                idempotency=idempotency,
+            ok = _success(reply.status)
+            # The credit pair as settlement will leave it, sent ahead with a streamed head.
+            tracking["X-Credits-Charged"] = str(price if ok else 0)
+            tracking["X-Credits-Remaining"] = str(
+                admission.credits_remaining + (0 if ok else price)
             )
-            raise
-        except asyncio.CancelledError:
-            # A drain that ran out of grace: released, never charged.
-            await _settle(
-                gw,
-                request,
-                who,
-                charge=False,
-                status=499,
-                started=started,
-                idempotency=idempotency,
-            )
-            request[OUTCOME] = "client_canceled"
-            raise
-        ok = _success(reply.status)
-        # The credit pair as settlement will leave it, sent ahead with a streamed head.
-        tracking["X-Credits-Charged"] = str(price if ok else 0)
-        tracking["X-Credits-Remaining"] = str(admission.credits_remaining + (0 if ok else price))
-        headers = _client_headers(reply, tracking)
-        keep_limit = limits.max_kept_response_bytes if idempotency is not None else 0
-        try:
+            headers = _client_headers(reply, tracking)
             relayed = await relay(
                 request,
                 reply,
                 headers,
                 limit=limits.max_response_bytes,
-                keep_limit=keep_limit,
+                keep_limit=limits.max_kept_response_bytes if idempotency is not None else 0,
                 send_timeout_s=limits.client_body_timeout_s,
             )
+        except GatewayError as exc:  # no answer from the upstream (relay keeps its own)
+            await _release(gw, request, who, exc.status, started, idempotency)
+            raise
         except asyncio.CancelledError:
-            reply.body.abort()
-            await _settle(
-                gw,
-                request,
-                who,
-                charge=False,
-                status=499,
-                started=started,
-                idempotency=idempotency,
-            )
+            # A drain that ran out of grace: released, never charged.
+            if reply is not None:
+                reply.body.abort()
+            await _release(gw, request, who, 499, started, idempotency)
             request[OUTCOME] = "client_canceled"
             raise
         # SPEC 4: the slot was held until the upstream was done; a client that hung up is
@@ -257,15 +223,7 @@ async def _price_and_admit(
         # The client hung up while its admit script was on its way: the script still runs, so
         # release what it may take. Settle is idempotent, and it goes out after the admit on
         # the same pipelined connection, so it finds the lease if there is one.
-        await _settle(
-            gw,
-            request,
-            who,
-            charge=False,
-            status=499,
-            started=time.perf_counter(),
-            idempotency=idempotency,
-        )
+        await _release(gw, request, who, 499, time.perf_counter(), idempotency)
         raise
     except StoreError as exc:
         if exc.maybe_applied:
@@ -283,6 +241,20 @@ async def _price_and_admit(
         raise
     raise StoreError(
         f"account {who.account_id} did not settle into a state to admit", maybe_applied=False
+    )
+
+
+async def _release(
+    gw: Gateway,
+    request: web.Request,
+    who: Identity,
+    status: int,
+    started: float,
+    idempotency: Idempotency | None,
+) -> None:
+    """Settle a request that is charged nothing: its lease and hold go back."""
+    await _settle(
+        gw, request, who, charge=False, status=status, started=started, idempotency=idempotency
     )
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration.test_faults import account_state
 from tests.support.harness import DATA, Running, catalog_for, start_gateway
+from tests.support.raw import RawServer
 from tests.support.redis_server import free_port
 from tests.support.upstream import RecordingUpstream
 
@@ -31,7 +32,6 @@ FLAT = "/v1/monitor/flat"  # 10 credits, GET and POST
 PRICED = "/v1/monitor/chatgpt"  # 7 + rules that read the body
 FREE = "/v1/countries"  # unmetered
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 EDGE_LIMITS = {
     "client_header_timeout_s": 0.5,
@@ -40,43 +40,6 @@ EDGE_LIMITS = {
     "max_response_bytes": 1_000_000,
     "max_kept_response_bytes": 1000,
 }
-
-
-class RawUpstream:
-    """An upstream that answers each request with whatever bytes a test scripts."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.server: asyncio.Server | None = None
-        self.url = ""
-        self.requests: list[bytes] = []
-
-    async def __aenter__(self) -> RawUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        request = head + await reader.readexactly(length)
-        self.requests.append(request)
-        return request
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self.script(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
 
 
 async def _gateway(redis_url: str, upstream_url: str, **limits: Any) -> Running:
@@ -204,7 +167,7 @@ async def test_server_sent_events_reach_the_client_as_they_are_sent(redis_url: s
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    async with RawUpstream(events) as upstream:
+    async with RawServer(events) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -243,7 +206,7 @@ async def test_a_big_reply_streams_through_without_being_held_whole(redis_url: s
             writer.write(block)
             await writer.drain()
 
-    async with RawUpstream(big) as upstream:
+    async with RawServer(big) as upstream:
         gw = await _gateway(redis_url, upstream.url, max_response_bytes=size)
         try:
             c = await gw.new_customer("five")
@@ -278,7 +241,7 @@ async def test_a_reply_over_the_limit_is_cut_and_charged_nothing(redis_url: str)
         await writer.drain()
         await asyncio.sleep(1)
 
-    async with RawUpstream(endless) as upstream:
+    async with RawServer(endless) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -294,7 +257,7 @@ async def test_a_reply_over_the_limit_is_cut_and_charged_nothing(redis_url: str)
         finally:
             await gw.close()
 
-    async with RawUpstream(declared) as upstream:
+    async with RawServer(declared) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -317,7 +280,7 @@ async def test_a_body_cut_short_is_not_charged_and_the_client_sees_the_cut(
         writer.write(b"b" * 1000)
         await writer.drain()
 
-    async with RawUpstream(short) as upstream:
+    async with RawServer(short) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -347,7 +310,7 @@ async def test_an_upstream_head_over_the_limits_is_a_502(redis_url: str, head: b
         writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 2\r\n\r\nok")
         await writer.drain()
 
-    async with RawUpstream(oversized) as upstream:
+    async with RawServer(oversized) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -393,7 +356,7 @@ async def test_bytes_on_an_idle_pooled_connection_never_reach_the_next_request(
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
             await writer.drain()
 
-    async with RawUpstream(late_extra) as upstream:
+    async with RawServer(late_extra) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -422,7 +385,7 @@ async def test_upstream_tracking_headers_and_cookies_never_reach_the_client(
             )
             await writer.drain()
 
-    async with RawUpstream(lying) as upstream:
+    async with RawServer(lying) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -535,7 +498,7 @@ async def test_a_gzip_body_is_priced_decoded_and_forwarded_as_sent(redis_url: st
         await writer.drain()
 
     compressed = gzip.compress(json.dumps({"pages": 3}).encode())
-    async with RawUpstream(ok) as upstream:
+    async with RawServer(ok) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -696,7 +659,7 @@ async def test_upstream_heads_pass_through_as_sent(redis_url: str) -> None:
             writer.write(head if request.startswith(b"HEAD") else head + b"x" * 1234)
             await writer.drain()
 
-    async with RawUpstream(plain) as upstream:
+    async with RawServer(plain) as upstream:
         gw = await _gateway(redis_url, upstream.url)
         try:
             c = await gw.new_customer("five")
@@ -754,7 +717,7 @@ async def test_a_client_that_stops_reading_is_cut_after_the_send_deadline(
             writer.write(block)
             await writer.drain()
 
-    async with RawUpstream(big) as upstream:
+    async with RawServer(big) as upstream:
         gw = await _gateway(redis_url, upstream.url, max_response_bytes=size)
         try:
             c = await gw.new_customer("five")
