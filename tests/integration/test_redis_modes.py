@@ -8,6 +8,7 @@ from collections import Counter
 
 import redis.asyncio as aioredis
 
+from gateway.catalog.models import Plan
 from tests.support.harness import catalog_for, start_gateway
 from tests.support.redis_sentinel import MASTER, RedisSentinel
 from tests.support.redis_server import RedisServer
@@ -108,3 +109,26 @@ async def test_a_password_and_a_database_number_reach_the_pipelined_connection(
             await wrong.close()
     finally:
         server.stop()
+
+
+async def test_a_small_pool_waits_on_a_cluster_instead_of_failing(
+    redis_cluster_url: str, upstream: RecordingUpstream
+) -> None:
+    # 200 requests of one account at once, through 4 connections a node: a busy pool must
+    # make a request wait (within the deadline), never fail it with 503.
+    catalog = catalog_for(upstream.url)
+    wide = Plan(price_cents=100, credits=100_000, concurrency=500, rate_limit_rps=1000)
+    catalog = catalog.model_copy(update={"plans": {**catalog.plans, "wide": wide}})
+    gw = await start_gateway(
+        redis_cluster_url, catalog, redis_mode="cluster", redis_pool_size=4, redis_timeout_s=5
+    )
+    try:
+        c = await gw.new_customer("wide")
+        results = await asyncio.gather(
+            *(gw.call("POST", "/v1/monitor/flat?sleep=0.05", c.key) for _ in range(200))
+        )
+        assert Counter(status for status, _, _ in results) == {200: 200}
+        _, _, account = await gw.call("GET", "/v1/account", c.key)
+        assert account["credits"]["used"] == 2000
+    finally:
+        await gw.close()
