@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+from redis.crc import key_slot
 
 from tests.support.redis_server import RedisServer
 
@@ -39,7 +40,9 @@ class RedisCluster:
     def url(self) -> str:
         return self.nodes[0].url
 
-    def start(self, masters: int = 3) -> RedisCluster:
+    def start(self, masters: int = 3, extra_args: tuple[str, ...] = ()) -> RedisCluster:
+        """extra_args: e.g. ("--appendonly", "yes"), so that a node restarted with
+        `node.halt(); node.start()` comes back with its data (and its nodes.conf)."""
         for _ in range(masters):
             node = RedisServer(
                 port=cluster_port(),
@@ -50,6 +53,7 @@ class RedisCluster:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    *extra_args,
                 ),
             )
             self.nodes.append(node.start())
@@ -70,7 +74,12 @@ class RedisCluster:
             capture_output=True,
             timeout=60,
         )
-        deadline = time.monotonic() + 30
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout_s: float = 30) -> None:
+        """Until every node sees the cluster as up (all slots served)."""
+        deadline = time.monotonic() + timeout_s
         for node in self.nodes:
             client = redis.Redis(port=node.port, decode_responses=True)
             while client.cluster("info").get("cluster_state") != "ok":
@@ -78,7 +87,18 @@ class RedisCluster:
                     raise RuntimeError("the test cluster did not come up")
                 time.sleep(0.1)
             client.close()
-        return self
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that serves `key`'s slot now."""
+        slot = key_slot(key.encode())
+        client = redis.Redis(port=self.nodes[0].port, decode_responses=True)
+        try:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(master[1]))
+        finally:
+            client.close()
+        raise LookupError(f"no node serves slot {slot}")
 
     def flush(self) -> None:
         for node in self.nodes:
