@@ -11,7 +11,10 @@ the call on to the node it names, which then serves the slot, and the map is rea
 the background; an ASK reply (a slot half migrated) sends it there once, after ASKING. A
 connection that fails fails its calls as store errors (the ledger fails closed, settles are
 spooled), the map is read again in case a replica took over, and the next call reconnects.
-Redirections are followed within the call's one deadline."""
+Redirections are followed within the call's one deadline.
+
+Over TLS (rediss://) the calls go through redis-py one by one, as before: the pipe speaks plain
+TCP only."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from redis.asyncio.connection import Connection
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
@@ -42,6 +46,7 @@ class ClusterScripts:
         self._scripts = scripts
         given = client.connection_kwargs
         self._auth = {k: given[k] for k in ("username", "password") if given.get(k)}
+        self._piped = given.get("connection_class", Connection) is Connection
         self._seeds = [f"{node.host}:{node.port}" for node in client.startup_nodes]
         self._slots: list[str] = []  # the master of each slot, "host:port"; "" for none
         self._masters: dict[str, ScriptBatcher] = {}
@@ -50,6 +55,9 @@ class ClusterScripts:
         self._map_error: Exception | None = None
 
     async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
+        if not self._piped:
+            async with asyncio.timeout(self._timeout_s):
+                return await script.run(self._client, keys, args)
         started = asyncio.get_running_loop().time()
         slot = key_slot(keys[0].encode())
         if self._slots:
@@ -139,9 +147,11 @@ class ClusterScripts:
         return self._refreshing
 
     async def _refresh(self) -> None:
-        """Read the map from the first node that answers: the masters known, then the seeds."""
+        """Read the map from the first node that answers: the masters known, then the URL's
+        node, then the nodes redis-py has seen."""
+        known = [*self._slots, *self._seeds, *(n.name for n in self._client.get_nodes())]
         try:
-            for node in dict.fromkeys([*self._slots, *self._seeds]):
+            for node in dict.fromkeys(known):
                 if not node:
                     continue
                 try:

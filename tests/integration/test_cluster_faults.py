@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
 
@@ -30,13 +29,9 @@ def cluster() -> Iterator[RedisCluster]:
     running.stop()
 
 
-def _node(server: RedisServer) -> redis.Redis:
-    return redis.Redis(port=server.port, decode_responses=True)
-
-
 def _seen(server: RedisServer, command: str) -> int:
     """How many of `command` the node received, run or redirected."""
-    with _node(server) as node:
+    with server.client() as node:
         stats = node.info("commandstats").get(f"cmdstat_{command}", {})
     return int(stats.get("calls", 0)) + int(stats.get("rejected_calls", 0))
 
@@ -48,7 +43,7 @@ async def test_a_slot_moved_to_another_master_is_followed(cluster: RedisCluster)
     target = next(n for n in cluster.nodes if n is not source)
     client = AsyncRedisCluster.from_url(cluster.url, decode_responses=True)
     scripts = ClusterScripts(client, 2.0, scripts=(COUNT,))
-    with _node(source) as src, _node(target) as dst:
+    with source.client() as src, target.client() as dst:
         source_id, target_id = src.cluster("myid"), dst.cluster("myid")
         try:
             assert await scripts.run(COUNT, [key], []) == 1
@@ -63,7 +58,7 @@ async def test_a_slot_moved_to_another_master_is_followed(cluster: RedisCluster)
             # Done: every master learns the slot's new owner; the source answers MOVED.
             others = [n for n in cluster.nodes if n not in (source, target)]
             for server in (target, source, *others):
-                with _node(server) as node:
+                with server.client() as node:
                     node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             assert await scripts.run(COUNT, [key], []) == 3
 

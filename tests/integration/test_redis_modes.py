@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from gateway.catalog.models import Plan
 from tests.support.harness import catalog_for, start_gateway
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_sentinel import MASTER, RedisSentinel
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, tls_files
 from tests.support.upstream import RecordingUpstream
 
 
@@ -132,3 +134,22 @@ async def test_a_small_pool_waits_on_a_cluster_instead_of_failing(
         assert account["credits"]["used"] == 2000
     finally:
         await gw.close()
+
+
+async def test_a_cluster_over_tls_serves_requests(
+    upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    # The scripts' own pipes speak plain TCP: over TLS they go through redis-py instead.
+    cluster = RedisCluster(tls=tls_files(tmp_path)).start()
+    try:
+        assert cluster.url.startswith("rediss://")
+        gw = await start_gateway(cluster.url, catalog_for(upstream.url), redis_mode="cluster")
+        try:
+            c = await gw.new_customer()
+            for remaining in ("37490", "37480"):
+                status, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+                assert status == 200 and headers["X-Credits-Remaining"] == remaining
+        finally:
+            await gw.close()
+    finally:
+        cluster.stop()

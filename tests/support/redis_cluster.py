@@ -8,8 +8,8 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import redis
 from redis.crc import key_slot
 
 from tests.support.redis_server import RedisServer
@@ -35,6 +35,7 @@ def _free(port: int) -> bool:
 @dataclass
 class RedisCluster:
     nodes: list[RedisServer] = field(default_factory=list)
+    tls: Path | None = None  # as RedisServer's: every node and the cluster bus speak TLS
 
     @property
     def url(self) -> str:
@@ -46,6 +47,7 @@ class RedisCluster:
         for _ in range(masters):
             node = RedisServer(
                 port=cluster_port(),
+                tls=self.tls,
                 extra_args=(
                     "--cluster-enabled",
                     "yes",
@@ -53,6 +55,7 @@ class RedisCluster:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    *(("--tls-cluster", "yes") if self.tls else ()),
                     *extra_args,
                 ),
             )
@@ -63,6 +66,7 @@ class RedisCluster:
         subprocess.run(
             [
                 cli,
+                *(("--tls", "--cacert", str(self.tls / "ca.pem")) if self.tls else ()),
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -81,23 +85,19 @@ class RedisCluster:
         """Until every node sees the cluster as up (all slots served)."""
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
-            client = redis.Redis(port=node.port, decode_responses=True)
-            while client.cluster("info").get("cluster_state") != "ok":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the test cluster did not come up")
-                time.sleep(0.1)
-            client.close()
+            with node.client() as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the test cluster did not come up")
+                    time.sleep(0.1)
 
     def master_of(self, key: str) -> RedisServer:
         """The node that serves `key`'s slot now."""
         slot = key_slot(key.encode())
-        client = redis.Redis(port=self.nodes[0].port, decode_responses=True)
-        try:
+        with self.nodes[0].client() as client:
             for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
                 if start <= slot <= end:
                     return next(n for n in self.nodes if n.port == int(master[1]))
-        finally:
-            client.close()
         raise LookupError(f"no node serves slot {slot}")
 
     def flush(self) -> None:
