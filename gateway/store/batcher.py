@@ -10,10 +10,13 @@ from hiredis import pack_command
 from redis.asyncio.connection import BlockingConnectionPool, Connection, ConnectionPool
 from redis.exceptions import NoScriptError
 
-from gateway.store.resp import RespPipe, open_pipe
+from gateway.store.resp import RespPipe, Waiter, open_pipe
 from gateway.store.scripts import Script
 
-_Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]"]
+# A call: its script, keys, arguments, the caller's future, and whether it is sent after an
+# ASKING (a Cluster slot being migrated: store/cluster_scripts.py).
+_Call = tuple[Script, list[str], list[str | int], "asyncio.Future[Any]", bool]
+_ASKING = pack_command(("ASKING",))
 
 
 class ScriptBatcher:
@@ -22,25 +25,24 @@ class ScriptBatcher:
     At most `max_in_flight` batches are out at once; while they are, new calls gather into
     the next, bigger one, so a burst makes fewer, larger round trips.
 
-    On a plain Redis server the batches go out pre-packed on one pipelined connection
-    (store/resp.py), each under one timer. Other clients (memory store, Sentinel) use redis-py
-    pipelines. redis-py refuses EVALSHA inside a Cluster pipeline, so on a Cluster each call
-    goes out on its own (still one round trip per call, routed by its keys' slot)."""
+    On a plain Redis server, and on each master of a Cluster (`connection` names it), the
+    batches go out pre-packed on one pipelined connection (store/resp.py), each under one
+    timer. Other clients (memory store, Sentinel) use redis-py pipelines. `client` also sends
+    the EVAL of a script the server does not know."""
 
     def __init__(
         self,
         client: Any,
         timeout_s: float,
         *,
-        pipelined: bool = True,
         scripts: tuple[Script, ...] = (),
+        connection: dict[str, Any] | None = None,
         max_batch: int = 512,
         max_in_flight: int = 8,
     ) -> None:
         self._client = client
         self._scripts = scripts
         self._timeout_s = timeout_s
-        self._pipelined = pipelined
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: list[_Call] = []
@@ -49,16 +51,15 @@ class ScriptBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._connection_kwargs = _plain_redis(client)
+        self._connection_kwargs = connection or _plain_redis(client)
         self._pipe: RespPipe | None = None
         self._connecting: asyncio.Task[RespPipe] | None = None
 
-    async def run(self, script: Script, keys: list[str], args: list[str | int]) -> Any:
-        if not self._pipelined:
-            async with asyncio.timeout(self._timeout_s):
-                return await script.run(self._client, keys, args)
+    async def run(
+        self, script: Script, keys: list[str], args: list[str | int], *, asking: bool = False
+    ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, keys, args, future))
+        self._pending.append((script, keys, args, future, asking))
         if len(self._pending) >= self._max_batch:
             self._flush()
         else:
@@ -84,12 +85,18 @@ class ScriptBatcher:
 
     def _write(self, pipe: RespPipe, batch: list[_Call]) -> None:
         """Hot path: one write, one timer; replies come back through _Batch.resolve."""
-        packed = b"".join(
-            pack_command(cast(Any, ("EVALSHA", script.sha, len(keys), *keys, *args)))
-            for script, keys, args, _ in batch
-        )
         out = _Batch(self, batch)
-        pipe.write(packed, [out] * len(batch))  # raises, queueing nothing, if the pipe closed
+        commands: list[bytes] = []
+        waiters: list[Waiter] = []
+        for script, keys, args, _, asking in batch:
+            if asking:  # its +OK goes nowhere; the call's own reply follows
+                commands.append(_ASKING)
+                waiters.append(_IGNORED)
+            commands.append(
+                pack_command(cast(Any, ("EVALSHA", script.sha, len(keys), *keys, *args)))
+            )
+            waiters.append(out)
+        pipe.write(b"".join(commands), waiters)  # raises, queueing nothing, if the pipe closed
         out.start_timer(pipe)
 
     async def _send(self, batch: list[_Call]) -> None:
@@ -99,14 +106,14 @@ class ScriptBatcher:
                 return  # the batch finishes itself, through its replies or its timer
             async with asyncio.timeout(self._timeout_s):
                 pipe = self._client.pipeline(transaction=False)
-                for script, keys, args, _ in batch:
+                for script, keys, args, *_ in batch:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
                 replies = await pipe.execute(raise_on_error=False)
             for call, reply in zip(batch, replies, strict=True):
                 self._answer(call, reply)
         except Exception as exc:
-            for *_, future in batch:
-                _resolve(future, exc)
+            for call in batch:
+                _resolve(call[3], exc)
         self._batch_done()
 
     async def _open(self) -> RespPipe:
@@ -132,7 +139,7 @@ class ScriptBatcher:
 
     def _eval_later(self, call: _Call) -> None:
         """The server lost its script cache (a restart, SCRIPT FLUSH): EVAL sends the body."""
-        script, keys, args, future = call
+        script, keys, args, future, _ = call
 
         async def evaluate() -> None:
             try:
@@ -168,6 +175,16 @@ class ScriptBatcher:
             self._pipe = None
 
 
+class _Ignored:
+    __slots__ = ()
+
+    def resolve(self, reply: Any) -> None:
+        pass
+
+
+_IGNORED = _Ignored()
+
+
 class _Batch:
     """One batch on the pipe. Its replies arrive in order, one per call; a timer bounds the
     wait for all of them. When it fires, the connection is dropped: a store that has not
@@ -197,8 +214,8 @@ class _Batch:
             self._finish()
 
     def _expire(self) -> None:
-        for *_, future in self._calls[self._next :]:
-            _resolve(future, TimeoutError())
+        for call in self._calls[self._next :]:
+            _resolve(call[3], TimeoutError())
         self._finish()
         if self._pipe is not None:
             self._pipe.abort()

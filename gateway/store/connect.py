@@ -12,6 +12,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from gateway.settings import Settings
+from gateway.store.cluster import WaitingRedisCluster
 
 # Commands get no per-command socket timeout: each store call runs under one outer deadline
 # instead (asyncio.timeout in the ledger), which avoids a timer per command.
@@ -30,7 +31,8 @@ def connect(settings: Settings) -> Any:
 
         return fakeredis.FakeAsyncRedis(decode_responses=True)
     if settings.redis_mode == "cluster":
-        return RedisCluster.from_url(
+        # Waits for a connection rather than fail, as the standalone pool below does.
+        return WaitingRedisCluster.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=_CONNECT_TIMEOUT_S,

@@ -15,6 +15,7 @@ from gateway.metrics import Metrics
 from gateway.store import keys
 from gateway.store.batcher import ScriptBatcher
 from gateway.store.breaker import Breaker
+from gateway.store.cluster_scripts import ClusterScripts
 from gateway.store.connect import is_cluster
 from gateway.store.scripts import ADMIT, RATE, SETTLE
 
@@ -122,8 +123,11 @@ class Ledger:
             for op in ("lookup", "admit", "settle", "renew", "rate")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
-        self.batcher = ScriptBatcher(
-            client, timeout_s, pipelined=not is_cluster(client), scripts=(ADMIT, SETTLE)
+        scripts = (ADMIT, SETTLE)
+        self.batcher: ScriptBatcher | ClusterScripts = (
+            ClusterScripts(client, timeout_s, scripts=scripts)
+            if is_cluster(client)
+            else ScriptBatcher(client, timeout_s, scripts=scripts)
         )
         self.breaker = Breaker()
 

@@ -92,11 +92,29 @@ async def open_pipe(
         )
         try:
             for command in handshake:
-                waiter = _Reply()
-                pipe.write(hiredis.pack_command(cast(Any, command)), [waiter])
-                if isinstance(answer := await waiter.future, Exception):
-                    raise answer
+                await _call(pipe, command)
         except BaseException:
             pipe.close()
             raise
     return pipe
+
+
+async def one_command(
+    settings: dict[str, Any], timeout_s: float, command: tuple[str | int, ...]
+) -> Any:
+    """One command on a connection of its own, closed after the reply (the Cluster's slot
+    map, read now and then: store/cluster_scripts.py)."""
+    pipe = await open_pipe(settings, timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _call(pipe, command)
+    finally:
+        pipe.close()
+
+
+async def _call(pipe: RespPipe, command: tuple[str | int, ...]) -> Any:
+    waiter = _Reply()
+    pipe.write(hiredis.pack_command(cast(Any, command)), [waiter])
+    if isinstance(answer := await waiter.future, Exception):
+        raise answer
+    return answer

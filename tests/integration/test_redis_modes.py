@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from gateway.catalog.models import Plan
 from tests.support.harness import catalog_for, start_gateway
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_sentinel import MASTER, RedisSentinel
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, tls_files
 from tests.support.upstream import RecordingUpstream
 
 
@@ -108,3 +111,45 @@ async def test_a_password_and_a_database_number_reach_the_pipelined_connection(
             await wrong.close()
     finally:
         server.stop()
+
+
+async def test_a_small_pool_waits_on_a_cluster_instead_of_failing(
+    redis_cluster_url: str, upstream: RecordingUpstream
+) -> None:
+    # 200 requests of one account at once, through 4 connections a node: a busy pool must
+    # make a request wait (within the deadline), never fail it with 503.
+    catalog = catalog_for(upstream.url)
+    wide = Plan(price_cents=100, credits=100_000, concurrency=500, rate_limit_rps=1000)
+    catalog = catalog.model_copy(update={"plans": {**catalog.plans, "wide": wide}})
+    gw = await start_gateway(
+        redis_cluster_url, catalog, redis_mode="cluster", redis_pool_size=4, redis_timeout_s=5
+    )
+    try:
+        c = await gw.new_customer("wide")
+        results = await asyncio.gather(
+            *(gw.call("POST", "/v1/monitor/flat?sleep=0.05", c.key) for _ in range(200))
+        )
+        assert Counter(status for status, _, _ in results) == {200: 200}
+        _, _, account = await gw.call("GET", "/v1/account", c.key)
+        assert account["credits"]["used"] == 2000
+    finally:
+        await gw.close()
+
+
+async def test_a_cluster_over_tls_serves_requests(
+    upstream: RecordingUpstream, tmp_path: Path
+) -> None:
+    # The scripts' own pipes speak plain TCP: over TLS they go through redis-py instead.
+    cluster = RedisCluster(tls=tls_files(tmp_path)).start()
+    try:
+        assert cluster.url.startswith("rediss://")
+        gw = await start_gateway(cluster.url, catalog_for(upstream.url), redis_mode="cluster")
+        try:
+            c = await gw.new_customer()
+            for remaining in ("37490", "37480"):
+                status, headers, _ = await gw.call("POST", "/v1/monitor/flat", c.key)
+                assert status == 200 and headers["X-Credits-Remaining"] == remaining
+        finally:
+            await gw.close()
+    finally:
+        cluster.stop()

@@ -57,6 +57,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         redis_url: str = request.getfixturevalue("redis_url")
         conn: Any = aioredis.Redis.from_url(redis_url, decode_responses=True)
     elif request.param == "cluster":
+        # The Ledger sends admit and settle on its per-master pipes (store/cluster_scripts.py).
         cluster_url: str = request.getfixturevalue("redis_cluster_url")
         conn = RedisCluster.from_url(cluster_url, decode_responses=True)
     else:

@@ -8,8 +8,9 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import redis
+from redis.crc import key_slot
 
 from tests.support.redis_server import RedisServer
 
@@ -34,15 +35,19 @@ def _free(port: int) -> bool:
 @dataclass
 class RedisCluster:
     nodes: list[RedisServer] = field(default_factory=list)
+    tls: Path | None = None  # as RedisServer's: every node and the cluster bus speak TLS
 
     @property
     def url(self) -> str:
         return self.nodes[0].url
 
-    def start(self, masters: int = 3) -> RedisCluster:
+    def start(self, masters: int = 3, extra_args: tuple[str, ...] = ()) -> RedisCluster:
+        """extra_args: e.g. ("--appendonly", "yes"), so that a node restarted with
+        `node.halt(); node.start()` comes back with its data (and its nodes.conf)."""
         for _ in range(masters):
             node = RedisServer(
                 port=cluster_port(),
+                tls=self.tls,
                 extra_args=(
                     "--cluster-enabled",
                     "yes",
@@ -50,6 +55,8 @@ class RedisCluster:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    *(("--tls-cluster", "yes") if self.tls else ()),
+                    *extra_args,
                 ),
             )
             self.nodes.append(node.start())
@@ -59,6 +66,7 @@ class RedisCluster:
         subprocess.run(
             [
                 cli,
+                *(("--tls", "--cacert", str(self.tls / "ca.pem")) if self.tls else ()),
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -70,15 +78,27 @@ class RedisCluster:
             capture_output=True,
             timeout=60,
         )
-        deadline = time.monotonic() + 30
-        for node in self.nodes:
-            client = redis.Redis(port=node.port, decode_responses=True)
-            while client.cluster("info").get("cluster_state") != "ok":
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the test cluster did not come up")
-                time.sleep(0.1)
-            client.close()
+        self.wait_ok()
         return self
+
+    def wait_ok(self, timeout_s: float = 30) -> None:
+        """Until every node sees the cluster as up (all slots served)."""
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            with node.client() as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the test cluster did not come up")
+                    time.sleep(0.1)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node that serves `key`'s slot now."""
+        slot = key_slot(key.encode())
+        with self.nodes[0].client() as client:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(master[1]))
+        raise LookupError(f"no node serves slot {slot}")
 
     def flush(self) -> None:
         for node in self.nodes:
