@@ -522,6 +522,28 @@ async def test_two_gateways_deliver_each_webhook_exactly_once(
         await two.close()
 
 
+@pytest.mark.parametrize("backend", ["memory", "cluster"])
+async def test_deliveries_on_the_memory_store_and_on_a_cluster(
+    request: pytest.FixtureRequest, upstream: RecordingUpstream, receiver: Receiver, backend: str
+) -> None:
+    if backend == "memory":
+        running = await webhook_gateway("memory://", upstream, webhook_poll_s=30)
+    else:
+        url: str = request.getfixturevalue("redis_cluster_url")
+        running = await webhook_gateway(url, upstream, redis_mode="cluster", webhook_poll_s=30)
+    try:
+        store = running.gw.client  # the memory store lives in the gateway's process
+        customers = [await running.new_customer() for _ in range(3)]  # spread over slots
+        await asyncio.sleep(0.3)
+        # The wake-up channel works here too (the 30 s timer would be too late).
+        tasks = [(c, await finish_task(store, c, receiver.url)) for c in customers]
+        for c, task_id in tasks:
+            await until(lambda c=c, t=task_id: settled(store, c, t, "delivered"), timeout=3)
+        assert sorted(receiver.ids()) == sorted(f"{t}-1" for _, t in tasks)
+    finally:
+        await running.close()
+
+
 # --------------------------------------------------------------------------- SSRF
 
 
