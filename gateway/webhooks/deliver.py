@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 ACCOUNTS_PER_ROUND = 100
 ACCOUNTS_AT_ONCE = 16
+SCAN_DEADLINE_S = 60.0  # the reconciliation scan of every outbox, all masters included
 USER_AGENT = "gateway-webhooks/1"
 DEFAULT_OPTIONS = WebhookOptions()
 _TASK_FIELDS = ("org_id", "org", "webhook_url", "webhook_attempts", "webhook_state")
@@ -82,7 +83,8 @@ class Deliverer:
                 try:
                     if time.monotonic() >= next_scan:
                         next_scan = time.monotonic() + settings.webhook_reconcile_s
-                        await self._store(outbox.reconcile(self.gw.client), deadline=False)
+                        scan = outbox.reconcile(self.gw.client)
+                        await self._store(asyncio.wait_for(scan, SCAN_DEADLINE_S), deadline=False)
                     await self.round()
                     delay = await self._until_next_due(delay)
                 except StoreError as exc:

@@ -13,10 +13,12 @@ slow reconciliation scan (`reconcile`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.store import keys
 from gateway.store.scripts import OUTBOX_ACK, OUTBOX_CLAIM, OUTBOX_FAIL
@@ -28,6 +30,14 @@ class Failed:
 
     outcome: str  # RETRY | FAILED | STALE | GONE
     due_ms: int  # the next attempt's due time when RETRY, else 0
+
+
+async def announce(client: Any, account_id: str, due_ms: int) -> None:
+    """After a script put a delivery in the account's outbox: index the account (ZADD LT) and
+    wake the deliverers. The wake-up is best effort: without it the timer still delivers."""
+    await client.zadd(keys.OUTBOX_ACCOUNTS, {account_id: due_ms}, lt=True)
+    with contextlib.suppress(RedisError, RedisClusterException, OSError):
+        await client.publish(keys.OUTBOX_WAKE, account_id)
 
 
 async def claim(client: Any, account_id: str, *, now_ms: int, lease_ms: int) -> str | None:

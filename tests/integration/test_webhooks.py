@@ -188,8 +188,7 @@ async def finish_task(
     )
     await store.zadd(keys.outbox(c.account_id), {task_id: due})
     if index:
-        await store.zadd(keys.OUTBOX_ACCOUNTS, {c.account_id: due}, lt=True)
-        await store.publish(keys.OUTBOX_WAKE, c.account_id)
+        await outbox.announce(store, c.account_id, due)
     return task_id
 
 
@@ -293,8 +292,7 @@ async def test_deliveries_go_in_completion_order(
     finished.reverse()
     for rank, task_id in enumerate(finished):
         await store.zadd(keys.outbox(c.account_id), {task_id: now - 30 + 10 * rank})
-    await store.zadd(keys.OUTBOX_ACCOUNTS, {c.account_id: now - 30}, lt=True)
-    await store.publish(keys.OUTBOX_WAKE, c.account_id)
+    await outbox.announce(store, c.account_id, now - 30)
     await until(lambda: len(receiver.seen) == 3)
     assert receiver.ids() == [f"{task_id}-1" for task_id in finished]
 
