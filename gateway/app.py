@@ -35,6 +35,8 @@ from gateway.store.billing import Billing
 from gateway.store.connect import connect, is_cluster
 from gateway.store.ledger import Ledger
 from gateway.store.spool import Spool
+from gateway.webhooks import api as webhooks_api
+from gateway.webhooks.deliver import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +84,20 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public = web.Application(middlewares=[public_middleware])
     public[GATEWAY] = gw
     public.add_routes(account.routes)
+    public.add_routes(webhooks_api.routes)
     public.add_routes(dashboard.routes)
     # `100 Continue` is the handler's to send, once route, size and key are checked.
     public.router.add_route("*", "/{tail:.*}", proxy, expect_handler=_continue_later)
     public.on_response_prepare.append(add_security_headers)
     public.cleanup_ctx.extend(
-        [_upstream_client, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]
+        [
+            _upstream_client,
+            _store_client,
+            _lease_renewer,
+            _renewal_sweeper,
+            _spool_replayer,
+            _webhook_deliverer,
+        ]
     )
 
     admin_app = web.Application(middlewares=[admin_middleware])
@@ -208,6 +218,14 @@ async def replay_spool(gw: Gateway) -> None:
                 "charged": settled.charged,
             },
         )
+
+
+async def _webhook_deliverer(app: web.Application) -> AsyncIterator[None]:
+    """Every process delivers webhooks, with an HTTP client of its own (not the upstreams')."""
+    deliverer = Deliverer(app[GATEWAY])
+    async with _in_background(deliverer.run_forever()):
+        yield
+    await deliverer.close()
 
 
 @contextlib.asynccontextmanager

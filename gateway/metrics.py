@@ -121,6 +121,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "gateway_webhook_deliveries_total",
+            "Webhook delivery attempts by result: ok, retry (failed, tried again later), "
+            "failed (the last attempt failed)",
+            ["result"],
+            registry=r,
+        )
         self.config_last_reload = Gauge(
             "gateway_config_last_reload_timestamp_seconds",
             "When the catalog last loaded",

@@ -36,3 +36,12 @@ class Settings(BaseSettings):
     # Settlements that could not reach the store wait here (fsync'd) until they land. Keep it
     # on a disk that survives a restart of the process.
     spool_dir: str = "var/spool"
+    # Webhook deliveries (SPEC 11). A claimed delivery is due again, for any process, after the
+    # catalog's `timeout_s` plus this margin: only a process that died mid-delivery (or hung
+    # longer than that) ever has its attempt repeated.
+    webhook_claim_margin_s: float = 20.0
+    # The longest a deliverer sleeps without a wake-up message (a lost message costs this).
+    webhook_poll_s: float = 1.0
+    # How often each process scans for outboxes missing from the index (a process died
+    # between finishing a task and indexing its delivery).
+    webhook_reconcile_s: float = 300.0

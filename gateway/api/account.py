@@ -29,9 +29,9 @@ Change = Callable[[Gateway, AccountRecord], Awaitable[dict[str, Any]]]
 
 @routes.get("/v1/credits")
 async def credits(request: web.Request) -> web.Response:
-    record, _ = await _caller(request)
+    record, _ = await caller(request)
     canceled = record.status == "canceled"  # no credits to spend, no cycle to reset (SPEC 6)
-    return _answer(
+    return answer(
         request,
         {
             "remaining": 0 if canceled else record.remaining,
@@ -44,9 +44,9 @@ async def credits(request: web.Request) -> web.Response:
 @routes.get("/v1/plans")
 async def plans(request: web.Request) -> web.Response:
     """The public plans a customer can choose from (for the dashboard's plan picker)."""
-    await _caller(request)
+    await caller(request)
     catalog = request.app[GATEWAY].catalog.current.catalog
-    return _answer(
+    return answer(
         request,
         {
             "plans": [
@@ -61,28 +61,28 @@ async def plans(request: web.Request) -> web.Response:
 
 @routes.get("/v1/account")
 async def account(request: web.Request) -> web.Response:
-    record, org = await _caller(request)
-    return _answer(request, account_view(record, org))
+    record, org = await caller(request)
+    return answer(request, account_view(record, org))
 
 
 @routes.get("/v1/account/usage")
 async def usage(request: web.Request) -> web.Response:
-    record, _ = await _caller(request)
-    return _answer(request, await operations.usage(request.app[GATEWAY], record, request.query))
+    record, _ = await caller(request)
+    return answer(request, await operations.usage(request.app[GATEWAY], record, request.query))
 
 
 @routes.get("/v1/account/requests")
 async def recent_requests(request: web.Request) -> web.Response:
-    record, _ = await _caller(request)
-    return _answer(
+    record, _ = await caller(request)
+    return answer(
         request, await operations.recent_requests(request.app[GATEWAY], record.id, request.query)
     )
 
 
 @routes.get("/v1/account/billing")
 async def billing(request: web.Request) -> web.Response:
-    record, _ = await _caller(request)
-    return _answer(request, await operations.history(request.app[GATEWAY], record.id))
+    record, _ = await caller(request)
+    return answer(request, await operations.history(request.app[GATEWAY], record.id))
 
 
 @routes.post("/v1/account/subscription")
@@ -97,11 +97,11 @@ async def change_plan(request: web.Request) -> web.Response:
 @routes.post("/v1/account/subscription/preview")
 async def preview(request: web.Request) -> web.Response:
     """What a change would do; it changes nothing, so it is not one of the hour's changes."""
-    record, _ = await _caller(request)
+    record, _ = await caller(request)
     _self_service(record)
     choice = await parse(request, PlanChoice)
     gw = request.app[GATEWAY]
-    return _answer(request, await operations.change_plan(gw, record.id, choice.plan, preview=True))
+    return answer(request, await operations.change_plan(gw, record.id, choice.plan, preview=True))
 
 
 @routes.post("/v1/account/subscription/cancel")
@@ -116,8 +116,9 @@ async def reactivate(request: web.Request) -> web.Response:
     )
 
 
-async def _caller(request: web.Request) -> tuple[AccountRecord, OrgRecord]:
-    """The caller's account (renewed if due) and org, once the call has counted."""
+async def caller(request: web.Request) -> tuple[AccountRecord, OrgRecord]:
+    """The caller's account (renewed if due) and org, once the call has counted; every
+    customer route (webhooks too) starts here."""
     return await _account_of(request, await _count(request))
 
 
@@ -174,7 +175,7 @@ async def _subscription_change(request: web.Request, change: Change) -> web.Resp
         with contextlib.suppress(StoreError):  # keep the change's own error for the client
             await gw.ledger.release_change(who, request[REQUEST_ID])
         raise
-    return _answer(request, body)
+    return answer(request, body)
 
 
 def _self_service(record: AccountRecord) -> None:
@@ -184,6 +185,6 @@ def _self_service(record: AccountRecord) -> None:
         )
 
 
-def _answer(request: web.Request, body: dict[str, Any]) -> web.Response:
+def answer(request: web.Request, body: dict[str, Any]) -> web.Response:
     """A JSON answer with the rate-limit headers of the call (errors get them in http.py)."""
     return web.json_response(body, headers=request[TRACKING])

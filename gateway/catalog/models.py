@@ -172,6 +172,37 @@ class BillingOptions(_Frozen):
     upgrade_credits: Literal["full", "prorated"] = "full"
 
 
+class WebhookOptions(_Frozen):
+    """Delivery of task webhooks (SPEC 11)."""
+
+    header_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]*$", max_length=64)] = "X-Cloro-"
+    attempts: Annotated[int, Field(ge=1, le=100, strict=True)] = 5
+    backoff_s: tuple[Seconds, ...] = (120.0, 240.0, 480.0, 960.0)  # before attempt 2, 3, ...
+    timeout_s: Seconds = 10.0
+    allow_private_targets: bool = False  # true only for tests and the demo (loopback targets)
+
+    @model_validator(mode="after")
+    def _a_wait_before_every_retry(self) -> WebhookOptions:
+        if len(self.backoff_s) < self.attempts - 1:
+            raise ValueError(
+                f"backoff_s lists {len(self.backoff_s)} waits; {self.attempts} attempts "
+                f"need {self.attempts - 1}"
+            )
+        return self
+
+
+class AsyncOptions(_Frozen):
+    """The async task API (SPEC 10); its task types are checked against the routes by the
+    catalog's cross-checks."""
+
+    task_types: dict[str, str] = Field(default_factory=dict)
+    sync_surcharge: NonNegInt = 2
+    max_batch: PosInt = 500
+    retention_h: PosInt = 24
+    max_attempts: PosInt = 3
+    webhooks: WebhookOptions = WebhookOptions()
+
+
 class Catalog(_Frozen):
     upstreams: dict[str, Upstream]
     routes: tuple[Route, ...]
@@ -179,6 +210,8 @@ class Catalog(_Frozen):
     limits: Limits = Limits()
     metrics: MetricsOptions = MetricsOptions()
     billing: BillingOptions = BillingOptions()
+    # `async` is a Python keyword: the YAML key is read through the alias.
+    async_: AsyncOptions | None = Field(default=None, alias="async")
     version: str = Field(default="", exclude=True)
 
     @field_validator("upstreams", "routes", "plans", mode="before")

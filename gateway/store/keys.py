@@ -53,6 +53,21 @@ def subscription_changes(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:changes"
 
 
+def task(account_id: str, task_id: str) -> str:
+    """An async task's record (a hash, owned by the queue; the webhook fields are ours)."""
+    return f"gw:{{acct:{account_id}}}:task:{task_id}"
+
+
+def outbox(account_id: str) -> str:
+    """Webhook deliveries of an account (zset, member = task id, score = due time ms)."""
+    return f"gw:{{acct:{account_id}}}:outbox"
+
+
+def webhook_secret(account_id: str, org_id: str) -> str:
+    """An org's webhook signing secret (hash: secret, created_at ms)."""
+    return f"gw:{{acct:{account_id}}}:whsec:{org_id}"
+
+
 # Indexes that lead from an id to its account. They are written once and never change.
 def api_key(key_hash: str) -> str:
     return f"gw:apikey:{key_hash}"
@@ -68,3 +83,11 @@ def key_index(key_id: str) -> str:
 
 # When each account's current cycle ends (score, ms): the renewal sweeper's work list.
 CYCLE_ENDS = "gw:cycle_ends"
+
+# Accounts that may have webhook deliveries due (score: earliest due time, ms), and the channel
+# that wakes the deliverers when a task finishes. Not atomic with the accounts' outboxes (another
+# Cluster slot): see gateway/webhooks/outbox.py for how nothing is lost.
+OUTBOX_ACCOUNTS = "gw:outbox_accounts"
+OUTBOX_WAKE = "gw:outbox_wake"
+# What the reconciliation scan looks for: every account's outbox.
+OUTBOX_PATTERN = "gw:{acct:*}:outbox"

@@ -120,7 +120,7 @@ class Ledger:
         self._timeout_s = timeout_s
         self._durations = {
             op: metrics.store_duration.labels(op)
-            for op in ("lookup", "admit", "settle", "renew", "rate")
+            for op in ("lookup", "admit", "settle", "renew", "rate", "webhooks")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
         scripts = (ADMIT, SETTLE)

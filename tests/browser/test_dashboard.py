@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from gateway.store import keys
 from tests.support.harness import Customer, Running
 from tests.support.upstream import RecordingUpstream
 
@@ -148,6 +149,48 @@ async def test_keyboard_only_sign_in_and_a_wrong_key(page: Page, gateway: Runnin
     await expect(error).to_contain_text("INVALID_API_KEY")
     await expect(page.get_by_test_id("plan")).to_be_hidden()
     assert await page.get_by_test_id("credits-remaining").inner_text() == ""
+
+
+async def test_webhook_signing_enable_rotate_disable_showing_each_secret_once(
+    page: Page, gateway: Running
+) -> None:
+    c = await gateway.new_customer("lite")
+
+    async def stored() -> str | None:
+        secret = await gateway.gw.client.hget(keys.webhook_secret(c.account_id, c.org_id), "secret")
+        return None if secret is None else str(secret)
+
+    await sign_in(page, gateway, c.key)
+    panel = page.get_by_test_id("webhook-signing")
+    status, shown = panel.get_by_test_id("webhook-status"), panel.get_by_test_id("webhook-secret")
+    await expect(status).to_have_text("off")
+    await expect(panel.get_by_test_id("webhook-rotate")).to_be_hidden()
+    await panel.get_by_test_id("webhook-enable").click()
+    await expect(status).to_have_text("on")
+    await expect(shown).to_have_text(re.compile(r"^whsec_[0-9A-Za-z]{32}$"))
+    first = await shown.inner_text()
+    assert first == await stored()  # the very secret deliveries are signed with
+    _, _, settings = await gateway.call("GET", "/v1/webhooks", c.key)
+    assert settings["signing"] is True
+    # Shown once: a reload still says "on" but the secret is gone from the page.
+    await page.reload()
+    await expect(status).to_have_text("on")
+    await expect(shown).to_be_hidden()
+    assert first not in await page.content()
+    await panel.get_by_test_id("webhook-rotate").click()
+    await expect(shown).to_have_text(re.compile(r"^whsec_"))
+    await expect(shown).not_to_have_text(first)
+    second = await shown.inner_text()
+    assert second == await stored()
+    await panel.get_by_test_id("webhook-disable").click()
+    await expect(status).to_have_text("off")
+    await expect(shown).to_be_hidden()
+    await expect(panel.get_by_test_id("webhook-enable")).to_be_visible()
+    assert await stored() is None
+    _, _, settings = await gateway.call("GET", "/v1/webhooks", c.key)
+    assert settings == {"signing": False, "created_at": None}
+    storage = await page.evaluate("JSON.stringify([sessionStorage, localStorage])")
+    assert first not in storage and second not in storage
 
 
 @pytest.mark.parametrize("width", [390, 1280])

@@ -39,6 +39,7 @@ from gateway.store.ledger import (
     Ledger,
     Settlement,
 )
+from gateway.webhooks import outbox
 
 ANCHOR = datetime(2024, 1, 15, 9, 30, tzinfo=UTC)
 NOW = datetime(2024, 3, 20, 12, 0, 0, tzinfo=UTC)  # on a whole second
@@ -828,6 +829,9 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.billing(a),
         keys.subscription_changes(a),
         keys.reclaimed(a),
+        keys.task(a, "task_1"),
+        keys.outbox(a),
+        keys.webhook_secret(a, org),
     ]
     assert {hash_tag(name) for name in names} == {f"acct:{a}"}
     assert len({key_slot(name.encode()) for name in names}) == 1
@@ -852,6 +856,125 @@ async def account_keys_share_one_hash_tag(client: Any) -> None:
         keys.billing(a),
     }
     assert {hash_tag(name) for name in written} == {f"acct:{a}"}
+
+
+# --------------------------------------------------------------------------- webhook outbox
+
+LEASE_MS = 5_000
+
+
+async def pending_task(client: Any, account_id: str, task_id: str, due_ms: int) -> None:
+    """A finished task whose webhook is due, as the queue's terminal transition leaves it."""
+    await client.hset(
+        keys.task(account_id, task_id),
+        mapping={
+            "org_id": "org_1",
+            "webhook_url": "https://example.com/hook",
+            "webhook_state": "pending",
+            "webhook_attempts": 0,
+        },
+    )
+    await client.zadd(keys.outbox(account_id), {task_id: due_ms})
+
+
+async def webhook_fields(client: Any, account_id: str, task_id: str) -> tuple[str, str]:
+    state, made = await client.hmget(
+        keys.task(account_id, task_id), ["webhook_state", "webhook_attempts"]
+    )
+    return str(state), str(made)
+
+
+@case
+async def outbox_claims_the_earliest_due_delivery_under_a_lease(client: Any) -> None:
+    a = "acct_claims"
+    await pending_task(client, a, "t_late", NOW_MS + 1_000)
+    await pending_task(client, a, "t_second", NOW_MS - 5)
+    await pending_task(client, a, "t_first", NOW_MS - 10)
+    claim = outbox.claim
+    assert await claim(client, a, now_ms=NOW_MS, lease_ms=LEASE_MS) == "t_first"
+    assert await client.zscore(keys.outbox(a), "t_first") == NOW_MS + LEASE_MS
+    assert await claim(client, a, now_ms=NOW_MS, lease_ms=LEASE_MS) == "t_second"
+    # Claimed ones are not due again before their lease ends; the late one is not due yet.
+    assert await claim(client, a, now_ms=NOW_MS, lease_ms=LEASE_MS) is None
+    assert await claim(client, a, now_ms=NOW_MS + 1_000, lease_ms=LEASE_MS) == "t_late"
+    # A lease that ran out (its process died mid-delivery): claimable by anyone again.
+    assert await claim(client, a, now_ms=NOW_MS + LEASE_MS, lease_ms=LEASE_MS) == "t_first"
+    assert await claim(client, "acct_nothing", now_ms=NOW_MS, lease_ms=LEASE_MS) is None
+
+
+@case
+async def outbox_ack_records_a_delivery_once(client: Any) -> None:
+    a = "acct_ack"
+    await pending_task(client, a, "t1", NOW_MS)
+    assert await outbox.claim(client, a, now_ms=NOW_MS, lease_ms=LEASE_MS) == "t1"
+    assert await outbox.ack(client, a, "t1", 1) == "DELIVERED"
+    assert await webhook_fields(client, a, "t1") == ("delivered", "1")
+    assert await client.zcard(keys.outbox(a)) == 0
+    # The same attempt answered twice (a lapsed claim): the first record stands.
+    assert await outbox.ack(client, a, "t1", 1) == "STALE"
+    assert await webhook_fields(client, a, "t1") == ("delivered", "1")
+
+
+@case
+async def outbox_fail_retries_after_the_wait_then_gives_up(client: Any) -> None:
+    a = "acct_fail"
+    await pending_task(client, a, "t1", NOW_MS)
+
+    async def fail(attempt: int, at: int) -> outbox.Failed:
+        return await outbox.fail(client, a, "t1", attempt, now_ms=at, attempts=3, wait_ms=100)
+
+    assert await fail(1, NOW_MS) == outbox.Failed("RETRY", NOW_MS + 100)
+    assert await client.zscore(keys.outbox(a), "t1") == NOW_MS + 100
+    assert await client.zscore(keys.OUTBOX_ACCOUNTS, a) == NOW_MS + 100
+    assert await webhook_fields(client, a, "t1") == ("pending", "1")
+    assert await fail(1, NOW_MS + 50) == outbox.Failed("STALE", 0)  # recorded already
+    assert await client.zscore(keys.outbox(a), "t1") == NOW_MS + 100
+    assert await outbox.ack(client, a, "t1", 3) == "STALE"  # not the attempt that is due
+    assert await fail(2, NOW_MS + 100) == outbox.Failed("RETRY", NOW_MS + 200)
+    assert await fail(3, NOW_MS + 200) == outbox.Failed("FAILED", 0)
+    assert await webhook_fields(client, a, "t1") == ("failed", "3")
+    assert await client.zcard(keys.outbox(a)) == 0
+    assert await fail(3, NOW_MS + 300) == outbox.Failed("STALE", 0)
+
+
+@case
+async def outbox_drops_the_delivery_of_a_deleted_task(client: Any) -> None:
+    a = "acct_gone"
+    for task_id in ("t1", "t2"):
+        await pending_task(client, a, task_id, NOW_MS)
+        await client.delete(keys.task(a, task_id))  # retention ran out
+    assert await outbox.ack(client, a, "t1", 1) == "GONE"
+    failed = await outbox.fail(client, a, "t2", 1, now_ms=NOW_MS, attempts=3, wait_ms=100)
+    assert failed == outbox.Failed("GONE", 0)
+    assert await client.zcard(keys.outbox(a)) == 0
+    assert await client.exists(keys.task(a, "t1"), keys.task(a, "t2")) == 0  # not recreated
+
+
+@case
+async def outbox_index_follows_the_outbox_and_is_repaired_by_the_scan(client: Any) -> None:
+    # Several accounts, so that on a Cluster their outboxes sit on different masters.
+    accounts = [f"acct_idx{n}" for n in range(6)]
+    for n, a in enumerate(accounts):
+        await pending_task(client, a, "t1", NOW_MS + n)
+    assert await outbox.due_accounts(client, now_ms=NOW_MS + 10, limit=10) == []  # unindexed
+    assert await outbox.reconcile(client) == len(accounts)
+    assert await outbox.due_accounts(client, now_ms=NOW_MS + 10, limit=10) == accounts
+    assert await outbox.due_accounts(client, now_ms=NOW_MS + 2, limit=2) == accounts[:2]
+    assert await outbox.next_due_ms(client) == NOW_MS
+    # Claimed: the account is next due when the claim's lease ends.
+    first = accounts[0]
+    assert await outbox.claim(client, first, now_ms=NOW_MS, lease_ms=LEASE_MS) == "t1"
+    await outbox.reindex(client, first)
+    assert await client.zscore(keys.OUTBOX_ACCOUNTS, first) == NOW_MS + LEASE_MS
+    # Delivered: the account leaves the index.
+    assert await outbox.ack(client, first, "t1", 1) == "DELIVERED"
+    await outbox.reindex(client, first)
+    assert await client.zscore(keys.OUTBOX_ACCOUNTS, first) is None
+    assert await outbox.next_due_ms(client) == NOW_MS + 1
+    # The scan only ever lowers an entry: a later due time in the index is not raised.
+    await client.zadd(keys.OUTBOX_ACCOUNTS, {accounts[1]: NOW_MS - 99})
+    await outbox.reconcile(client)
+    assert await client.zscore(keys.OUTBOX_ACCOUNTS, accounts[1]) == NOW_MS - 99
 
 
 @pytest.mark.parametrize("behaviour", list(CASES.values()), ids=list(CASES))

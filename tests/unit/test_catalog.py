@@ -10,7 +10,7 @@ import pytest
 
 from gateway.catalog.live import Snapshot
 from gateway.catalog.load import load_catalog, parse_catalog
-from gateway.catalog.models import Catalog
+from gateway.catalog.models import Catalog, WebhookOptions
 from gateway.errors import CatalogInvalid, MethodNotAllowed, NotFound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,6 +166,24 @@ BAD_FILES = [
         "greater than or equal to 1",
         id="change cap",
     ),
+    pytest.param(
+        "short_backoff.yaml",
+        "async.webhooks",
+        "backoff_s lists 2 waits; 5 attempts need 4",
+        id="short backoff",
+    ),
+    pytest.param(
+        "negative_backoff.yaml",
+        "async.webhooks.backoff_s[1]",
+        "greater than 0",
+        id="negative backoff",
+    ),
+    pytest.param(
+        "infinite_backoff.yaml",
+        "async.webhooks.backoff_s[0]",
+        "finite number",
+        id="infinite backoff",
+    ),
 ]
 
 
@@ -274,6 +292,23 @@ def test_upgrade_credits_default_to_full_and_may_be_prorated() -> None:
     assert problems_of(HEADER + routes + b"billing: {grace_days: 3}\n") == [
         "billing.grace_days: unknown key"
     ]
+
+
+def test_webhook_options_default_to_the_spec_and_read_the_async_block() -> None:
+    catalog = catalog_with_routes("  - {path: /a, upstream: s}\n")
+    assert catalog.async_ is None
+    options = parse_catalog(
+        HEADER
+        + b"routes:\n  - {path: /a, upstream: s}\n"
+        + b"async:\n  webhooks: {header_prefix: X-Acme-, attempts: 2, backoff_s: [0.5]}\n"
+    ).async_
+    assert options is not None
+    assert options.webhooks.header_prefix == "X-Acme-"
+    assert options.webhooks.backoff_s == (0.5,)
+    defaults = options.model_copy(update={"webhooks": WebhookOptions()}).webhooks
+    assert (defaults.header_prefix, defaults.attempts, defaults.timeout_s) == ("X-Cloro-", 5, 10)
+    assert defaults.backoff_s == (120, 240, 480, 960)
+    assert defaults.allow_private_targets is False
 
 
 def test_version_is_not_a_catalog_key() -> None:

@@ -187,12 +187,30 @@ function renderChart(usage, account) {
   });
 }
 
+function renderWebhooks(settings) {
+  $("webhook-status").textContent = settings.signing ? "on" : "off";
+  $("webhook-since").textContent = settings.signing
+    ? "Current secret created " + when(settings.created_at) + "."
+    : "Webhooks are sent unsigned.";
+  $("webhook-enable").hidden = settings.signing;
+  $("webhook-rotate").hidden = !settings.signing;
+  $("webhook-disable").hidden = !settings.signing;
+}
+
+// The secret lives in the page alone (never in storage): a reload or sign-out forgets it.
+function showSecret(secret) {
+  $("webhook-secret").textContent = secret;
+  $("webhook-new").hidden = !secret;
+}
+
 async function load() {
-  const [account, credits, usage, requests, billing, plans] = await Promise.all([
+  const [account, credits, usage, requests, billing, plans, webhooks] = await Promise.all([
     api("/v1/account"), api("/v1/credits"), api("/v1/account/usage?granularity=day"),
     api("/v1/account/requests?limit=25"), api("/v1/account/billing"), api("/v1/plans"),
+    api("/v1/webhooks"),
   ]);
   renderAccount(account, credits);
+  renderWebhooks(webhooks);
   renderPlans(plans.plans, account);
   renderChart(usage, account);
   fillTable("recent-requests", requests.requests, [
@@ -212,6 +230,7 @@ function signOut() {
   sessionStorage.removeItem(KEY);
   clearInterval(state.countdown);
   state = { account: null, countdown: null, preview: null };
+  showSecret("");
   $("signed-in").hidden = true;
   $("sign-out").hidden = true;
   $("sign-in-form").hidden = false;
@@ -280,6 +299,18 @@ function wire() {
     await api("/v1/account/subscription/reactivate", { method: "POST" });
     $("manage-note").textContent = "Reactivated: your subscription renews as before.";
     await load();
+  }));
+  const newSecret = () => guarded(async () => {
+    const made = await api("/v1/webhooks/secret", { method: "POST" });
+    showSecret(made.secret);
+    renderWebhooks(await api("/v1/webhooks"));
+  });
+  $("webhook-enable").addEventListener("click", newSecret);
+  $("webhook-rotate").addEventListener("click", newSecret);
+  $("webhook-disable").addEventListener("click", () => guarded(async () => {
+    await api("/v1/webhooks/secret", { method: "DELETE" });
+    showSecret("");
+    renderWebhooks(await api("/v1/webhooks"));
   }));
   if (sessionStorage.getItem(KEY)) guarded(load);
 }

@@ -1,0 +1,1 @@
+"""Async tasks (SPEC 10)."""
