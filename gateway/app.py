@@ -44,6 +44,7 @@ MAX_LINE_BYTES = 8190  # the request line, so the URL too
 MAX_FIELD_BYTES = 8190  # one header
 MAX_HEADERS = 64
 BACKLOG = 4096  # capped by the kernel's net.core.somaxconn
+STOP_WAIT_S = 5.0  # how long a stop waits for a background task it cancelled
 
 
 def build_gateway(
@@ -132,14 +133,18 @@ async def _store_client(app: web.Application) -> AsyncIterator[None]:
 
 @contextlib.asynccontextmanager
 async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run `work` for as long as the block lasts, then cancel it and wait for it to stop."""
+    """Run `work` for as long as the block lasts, then cancel it and wait for it to stop (a
+    few seconds at most: a stop must never hang on a stuck connection)."""
     task = asyncio.create_task(work)
     try:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+        if not done:
+            log.warning("background task did not stop in time", extra={"task": task.get_name()})
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", extra={"error": type(task.exception()).__name__})
 
 
 async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:

@@ -224,8 +224,9 @@ class Deliverer:
             except Exception as exc:  # the timer still delivers; try again shortly
                 log.debug("webhook wake-up channel lost: %s", type(exc).__name__)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                with contextlib.suppress(Exception):  # TimeoutError included
+                    async with asyncio.timeout(1):
+                        await pubsub.aclose()
             await asyncio.sleep(self.gw.settings.webhook_poll_s)
 
     async def _store(self, awaitable: Awaitable[T], *, deadline: bool = True) -> T:
