@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -142,7 +143,11 @@ async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
         if not done:
-            log.warning("background task did not stop in time", extra={"task": task.get_name()})
+            where = "".join(traceback.format_list(traceback.extract_stack(task.get_stack()[-1])))
+            log.warning(
+                "background task did not stop in time",
+                extra={"task": repr(task.get_coro()), "where": where},
+            )
         elif not task.cancelled() and task.exception() is not None:
             log.error("background task failed", extra={"error": type(task.exception()).__name__})
 
