@@ -28,6 +28,9 @@ from gateway.proxy.handler import proxy
 from gateway.proxy.http1 import UpstreamClient
 from gateway.proxy.leases import InFlight, renew_forever
 from gateway.proxy.pricebooks import PriceBooks
+from gateway.queue import api as queue_api
+from gateway.queue.dispatcher import Dispatcher
+from gateway.queue.store import QueueStore
 from gateway.reload import SUPERVISED_ENV
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
@@ -60,7 +63,7 @@ def build_gateway(
     accounts = Accounts(client)
     prepare = prepare_catalog or (lambda c: c)
     metrics.config_last_reload.set(clock().timestamp())
-    return Gateway(
+    gw = Gateway(
         settings=settings,
         catalog=LiveCatalog(prepare(catalog)),
         client=client,
@@ -75,6 +78,8 @@ def build_gateway(
         spool=Spool(settings.spool_dir, metrics),
         prepare_catalog=prepare,
     )
+    gw.dispatcher = Dispatcher(gw, QueueStore(ledger))
+    return gw
 
 
 def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
@@ -82,12 +87,20 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public = web.Application(middlewares=[public_middleware])
     public[GATEWAY] = gw
     public.add_routes(account.routes)
+    public.add_routes(queue_api.routes)
     public.add_routes(dashboard.routes)
     # `100 Continue` is the handler's to send, once route, size and key are checked.
     public.router.add_route("*", "/{tail:.*}", proxy, expect_handler=_continue_later)
     public.on_response_prepare.append(add_security_headers)
     public.cleanup_ctx.extend(
-        [_upstream_client, _store_client, _lease_renewer, _renewal_sweeper, _spool_replayer]
+        [
+            _upstream_client,
+            _store_client,
+            _lease_renewer,
+            _renewal_sweeper,
+            _spool_replayer,
+            _queue,
+        ]
     )
 
     admin_app = web.Application(middlewares=[admin_middleware])
@@ -140,6 +153,16 @@ async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:
 
     async with _in_background(renew_forever(gw.inflight, gw.ledger, gw.clock, ttl)):
         yield
+
+
+async def _queue(app: web.Application) -> AsyncIterator[None]:
+    """Wake-ups of this process's waiters and the queue's slow sweep (SPEC 10)."""
+    dispatcher = app[GATEWAY].dispatcher
+    async with _in_background(dispatcher.listen_forever()), _in_background(
+        dispatcher.sweep_forever()
+    ):
+        yield
+    await dispatcher.aclose()
 
 
 async def _renewal_sweeper(app: web.Application) -> AsyncIterator[None]:

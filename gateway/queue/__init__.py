@@ -1,0 +1,1 @@
+"""Queues (SPEC 10): async tasks and sync requests waiting for a concurrency slot."""

@@ -1,0 +1,1 @@
+"""Webhook deliveries of finished tasks (SPEC 11)."""
