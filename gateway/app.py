@@ -157,12 +157,13 @@ async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:
 
 async def _queue(app: web.Application) -> AsyncIterator[None]:
     """Wake-ups of this process's waiters and the queue's slow sweep (SPEC 10)."""
-    dispatcher = app[GATEWAY].dispatcher
+    gw = app[GATEWAY]
+    dispatcher = gw.dispatcher
     async with _in_background(dispatcher.listen_forever()), _in_background(
         dispatcher.sweep_forever()
     ):
         yield
-    await dispatcher.aclose()
+    await dispatcher.aclose(float(gw.catalog.current.catalog.limits.shutdown_grace_s))
 
 
 async def _renewal_sweeper(app: web.Application) -> AsyncIterator[None]:

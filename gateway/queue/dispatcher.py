@@ -110,6 +110,10 @@ class Dispatcher:
         A drain that cancels it hands it back to the queue."""
         gw = self._gw
         who = Identity(account_id, org_id, "")
+        if gw.draining:  # dispatched as the drain began: start nothing, hand it back
+            with contextlib.suppress(StoreError):
+                await self._hand_back(account_id, task.id)
+            return
         with gw.inflight.holding(who, task.id):
             started = time.perf_counter()
             gw.metrics.async_dispatch.observe(started - since)
@@ -342,8 +346,14 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def aclose(self) -> None:
-        """Wait for background dispatches (task runs end through the drain)."""
+    async def aclose(self, grace_s: float) -> None:
+        """At shutdown, after the drain: let dispatches and task runs that began meanwhile
+        end for up to `grace_s`, then cancel the rest (a cancelled run hands its task back)."""
+        deadline = time.monotonic() + grace_s
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=left)
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 

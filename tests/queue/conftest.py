@@ -17,9 +17,7 @@ CATALOG = DATA / "queue_catalog.yaml"
 
 @pytest.fixture
 async def qgw(redis_url: str, upstream: RecordingUpstream) -> AsyncIterator[Running]:
-    running = await start_gateway(
-        redis_url, catalog_for(upstream.url, CATALOG), queue_sweep_s=0.2
-    )
+    running = await start_gateway(redis_url, catalog_for(upstream.url, CATALOG), queue_sweep_s=0.2)
     yield running
     await running.close()
 

@@ -38,14 +38,14 @@ async def test_a_batch_never_pushes_an_org_past_its_limit_even_with_sync_request
 ) -> None:
     customer = await qgw.new_customer("three")
     ids = await create_batch(
-        qgw, customer.key, [{"taskType": "FLAT", "payload": {"n": i, "sleep": 0.15}} for i in range(30)]
+        qgw,
+        customer.key,
+        [{"taskType": "FLAT", "payload": {"n": i, "sleep": 0.15}} for i in range(30)],
     )
     assert len(ids) == 30
     sync: list[int] = []
     for _ in range(20):  # sync requests meanwhile: admitted only into a free slot
-        status, _, _ = await qgw.call(
-            "POST", "/v1/monitor/flat?sleep=0.05", customer.key, json={}
-        )
+        status, _, _ = await qgw.call("POST", "/v1/monitor/flat?sleep=0.05", customer.key, json={})
         sync.append(status)
         await asyncio.sleep(0.02)
     views = await eventually(lambda: all_done(qgw, customer.key, ids), timeout=30)
@@ -68,7 +68,10 @@ async def test_priority_first_then_first_in_first_out(
     ids = await create_batch(
         qgw,
         customer.key,
-        [{"taskType": "FLAT", "payload": {"n": i}, "priority": p} for i, p in enumerate(priorities)],
+        [
+            {"taskType": "FLAT", "payload": {"n": i}, "priority": p}
+            for i, p in enumerate(priorities)
+        ],
     )
     await eventually(lambda: all_done(qgw, customer.key, [*blocker, *ids]), timeout=20)
     expected = sorted(range(len(priorities)), key=lambda i: (-priorities[i], i))

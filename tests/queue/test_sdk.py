@@ -67,7 +67,5 @@ async def test_run_and_batch_through_the_sdk(qgw: Running) -> None:
     assert results[2]["credits"]["creditsToCharge"] == 9  # 7 + 2 x 2 pages - 2
     assert results[2]["task"]["idempotencyKey"] == "k-1"
     with pytest.raises(cloro.TaskFailedError):
-        failing = await asyncio.to_thread(
-            client.async_tasks.create, "FLAT", {"status": 500}
-        )
+        failing = await asyncio.to_thread(client.async_tasks.create, "FLAT", {"status": 500})
         await asyncio.to_thread(client.async_tasks.wait, failing, poll_interval=0.05, timeout=10)

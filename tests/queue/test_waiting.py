@@ -19,7 +19,9 @@ def waiting(seconds: int) -> dict[str, str]:
     return {"Prefer": f"wait={seconds}"}
 
 
-async def test_a_waiter_gets_the_slot_when_it_frees(qgw: Running, upstream: RecordingUpstream) -> None:
+async def test_a_waiter_gets_the_slot_when_it_frees(
+    qgw: Running, upstream: RecordingUpstream
+) -> None:
     customer = await qgw.new_customer("one")
     blocker = asyncio.create_task(
         qgw.call("POST", "/v1/monitor/flat?sleep=0.5", customer.key, json={})
@@ -96,7 +98,9 @@ async def test_at_most_max_waiting_per_org_wait_and_one_more_is_refused_at_once(
     await eventually(lambda: _in_flight(upstream, customer.org_id))
     waiters = [
         asyncio.create_task(
-            qgw.call("POST", "/v1/monitor/flat?sleep=0.05", customer.key, json={}, headers=waiting(8))
+            qgw.call(
+                "POST", "/v1/monitor/flat?sleep=0.05", customer.key, json={}, headers=waiting(8)
+            )
         )
         for _ in range(5)
     ]
@@ -169,12 +173,15 @@ async def test_first_come_first_served_across_two_gateways(
         waiters.append(
             asyncio.create_task(
                 gw.call(
-                    "POST", f"/v1/monitor/flat?sleep=0.05&n={i}", customer.key, json={},
+                    "POST",
+                    f"/v1/monitor/flat?sleep=0.05&n={i}",
+                    customer.key,
+                    json={},
                     headers=waiting(8),
                 )
             )
         )
-        await eventually(lambda i=i: _count(gw, key, i + 1), timeout=3)
+        await eventually(lambda i=i, gw=gw: _count(gw, key, i + 1), timeout=3)
     assert [r[0] for r in await asyncio.gather(*waiters)] == [200] * 5
     await blocker
     order = [seen.path_qs.rsplit("=", 1)[1] for seen in upstream.requests]
@@ -205,5 +212,5 @@ async def test_a_waiter_whose_client_hangs_up_leaves_at_once_and_never_reaches_t
     await blocker
     await asyncio.sleep(0.3)
     assert [seen.path_qs for seen in upstream.requests] == ["/v1/monitor/flat?sleep=1&n=blocker"]
-    status, _, body = await qgw.call("GET", "/v1/account", customer.key)
+    _status, _, body = await qgw.call("GET", "/v1/account", customer.key)
     assert body["credits"]["held"] == 0 and body["concurrency"]["current"] == 0
