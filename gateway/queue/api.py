@@ -120,9 +120,12 @@ async def listing(request: web.Request) -> web.Response:
         )
     await count_call(request, route="/v1/async/tasks")
     found = await gw.dispatcher.store.listing(who, status, int(raw))
-    return _answer(
-        request, {"tasks": [tasks.summary(task_id, fields) for task_id, fields in found]}
-    )
+    # Each TASK with its credits too (the dashboard's list shows them).
+    listed = [
+        {**tasks.summary(task_id, fields), "credits": tasks.view(task_id, fields)["credits"]}
+        for task_id, fields in found
+    ]
+    return _answer(request, {"tasks": listed})
 
 
 @routes.get("/v1/async/status")

@@ -187,12 +187,34 @@ function renderChart(usage, account) {
   });
 }
 
+// The org's queue (SPEC 10); a gateway without the async API answers 404: no panel then.
+async function loadTasks() {
+  let status, listed;
+  try {
+    [status, listed] = await Promise.all([api("/v1/async/status"),
+                                          api("/v1/async/tasks?limit=25")]);
+  } catch (error) {
+    if (/RESOURCE_NOT_FOUND/.test(error.message)) { $("async-panel").hidden = true; return; }
+    throw error;
+  }
+  $("async-queued").textContent = number(status.queuedTasks);
+  $("async-processing").textContent = number(status.processingTasks);
+  fillTable("async-table", listed.tasks, [
+    (t) => when(t.createdAt), (t) => t.taskType, (t) => t.status, (t) => String(t.priority),
+    (t) => t.credits.creditsCharged === null
+      ? "up to " + number(t.credits.creditsToCharge) : number(t.credits.creditsCharged),
+    (t) => t.id,
+  ]);
+  $("async-panel").hidden = false;
+}
+
 async function load() {
   const [account, credits, usage, requests, billing, plans] = await Promise.all([
     api("/v1/account"), api("/v1/credits"), api("/v1/account/usage?granularity=day"),
     api("/v1/account/requests?limit=25"), api("/v1/account/billing"), api("/v1/plans"),
   ]);
   renderAccount(account, credits);
+  await loadTasks();
   renderPlans(plans.plans, account);
   renderChart(usage, account);
   fillTable("recent-requests", requests.requests, [
