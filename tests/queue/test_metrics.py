@@ -58,7 +58,7 @@ async def test_metrics_of_the_queues(qgw: Running, upstream: RecordingUpstream) 
 
     await eventually(lambda: queued(2))  # one runs, two wait
     await qgw.call("DELETE", f"/v1/async/task/{ids[2]}", customer.key)
-    status, headers, _ = await qgw.call(
+    status, _, _ = await qgw.call(
         "POST", "/v1/monitor/flat", customer.key, json={}, headers={"Prefer": "wait=5"}
     )
     assert status == 200
