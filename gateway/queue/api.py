@@ -165,11 +165,12 @@ async def _create(
 ) -> list[dict[str, Any] | GatewayError]:
     """Queue the items (one script), then dispatch the org in the background."""
     since = time.perf_counter()
-    codes = await gw.dispatcher.store.enqueue(who, gw.now_ms(), items)
+    created_ms = gw.now_ms()  # what the script stores as createdAt
+    codes = await gw.dispatcher.store.enqueue(who, created_ms, items)
     if codes == ["RENEW"]:
         await gw.billing.current(who.account_id, gw.catalog.current.catalog.plans, gw.clock())
-        codes = await gw.dispatcher.store.enqueue(who, gw.now_ms(), items)
-    created_ms = gw.now_ms()
+        created_ms = gw.now_ms()
+        codes = await gw.dispatcher.store.enqueue(who, created_ms, items)
     results: list[dict[str, Any] | GatewayError] = []
     for item, code in zip(items, codes, strict=True):
         if code == "OK":

@@ -35,7 +35,6 @@ class Started:
     cycle_start_ms: int
     payload: str
     task_type: str
-    created_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +166,8 @@ class QueueStore:
                     int(started[i + 4]),
                     str(started[i + 5]),
                     str(started[i + 6]),
-                    int(started[i + 7]),
                 )
-                for i in range(0, len(started), 8)
+                for i in range(0, len(started), 7)
             ],
             failed=[
                 Failed(

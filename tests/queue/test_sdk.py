@@ -24,12 +24,14 @@ async def test_create_wait_retrieve_and_status_through_the_sdk(
         client.async_tasks.create, "CHATGPT", {"prompt": "shoes", "include": {"rawResponse": True}}
     )
     assert task.status == "QUEUED" and task.task_type == "CHATGPT" and task.priority == 1
+    assert task.raw["idempotencyKey"] is None
     done = await asyncio.to_thread(client.async_tasks.wait, task, poll_interval=0.05, timeout=10)
     assert done["task"]["status"] == "COMPLETED"
     assert done["response"]["success"] is True
     # 7 + 2 (rawResponse) - 2 (sync surcharge)
     assert done["credits"] == {"creditsToCharge": 7, "creditsCharged": 7}
     assert done["task"]["startedAt"] and done["task"]["completedAt"]
+    assert done["task"]["createdAt"] == task.created_at  # as creation answered it
     seen = upstream.requests[-1]
     assert seen.path_qs == "/v1/monitor/chatgpt"
     assert seen.headers["X-Request-Id"] == task.id

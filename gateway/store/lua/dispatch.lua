@@ -40,7 +40,7 @@
 --            <rps remaining>|<concurrency limit>|<concurrency current>|<credits remaining>|
 --            <cycle start ms>" (the joining request may be among them)
 --   started: tasks now PROCESSING, flat: id, attempt, route, price, cycle start ms, payload,
---            task type, created ms
+--            task type
 --   failed: tasks that FAILED here, flat: id, task type, error code, webhook due (0/1)
 
 local account, leases, holds = KEYS[1], KEYS[2], KEYS[3]
@@ -142,8 +142,7 @@ while tasks_left > 0 and tasks_taken < max_tasks and current < limit do
   queued = queued - 1
   redis.call('HINCRBY', account, 'queued', -1)
   local task = prefix .. 'task:' .. id
-  local t = redis.call('HMGET', task, 'price', 'route', 'payload', 'type', 'attempts',
-    'created_at')
+  local t = redis.call('HMGET', task, 'price', 'route', 'payload', 'type', 'attempts')
   local price = tonumber(t[1]) or 0
   local code, message
   if not t[2] then
@@ -168,7 +167,7 @@ while tasks_left > 0 and tasks_taken < max_tasks and current < limit do
     local attempt = tonumber(t[5]) + 1
     redis.call('HSET', task, 'status', 'PROCESSING', 'attempts', attempt, 'started_at', now)
     redis.call('HSET', KEYS[8], id, org)
-    for _, v in ipairs({id, attempt, t[2], price, cycle_start, t[3], t[4], t[6]}) do
+    for _, v in ipairs({id, attempt, t[2], price, cycle_start, t[3], t[4]}) do
       started[#started + 1] = v
     end
   end
