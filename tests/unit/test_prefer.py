@@ -25,7 +25,7 @@ from gateway.queue.waiting import preferred_wait
         ([("Prefer", "wait=")], None),
         ([("Prefer", "wait")], None),
         ([("Prefer", "waiting=5")], None),
-        ([("Prefer", "wait=５")], None),  # a full-width digit is not a delta-seconds
+        ([("Prefer", "wait=\uff15")], None),  # a full-width digit is not a delta-seconds
     ],
 )
 def test_prefer_wait(headers: list[tuple[str, str]], expected: int | None) -> None:

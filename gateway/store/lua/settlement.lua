@@ -45,6 +45,30 @@
 --   queued: the org's waiting sync requests and queued tasks (account field q:<org>), so the
 --   caller knows, without another round trip, whether the slot it freed is wanted.
 
+-- ISO 8601 UTC of epoch milliseconds, as gateway.clock.iso writes it (days to civil date:
+-- Howard Hinnant's algorithm).
+local function iso(ms)
+  local seconds = math.floor(ms / 1000)
+  local z = math.floor(seconds / 86400) + 719468
+  local of_day = seconds % 86400
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
+    math.floor(of_day / 3600), math.floor(of_day % 3600 / 60), of_day % 60, ms % 1000)
+end
+
+-- A closed cycle's overage in cents: credits x rate / 1000, rounded half up (SPEC R8).
+local function cents(over, rate)
+  return math.floor((2 * over * rate + 1000) / 2000)
+end
+
 local function settle_request(K, A)
   local account, leases, holds, log = K[1], K[2], K[3], K[4]
   local request_id = A[1]
@@ -67,30 +91,6 @@ local function settle_request(K, A)
   end
   local charged = 0
   if A[4] == '1' then charged = credits end
-
-  -- ISO 8601 UTC of epoch milliseconds, as gateway.clock.iso writes it (days to civil date:
-  -- Howard Hinnant's algorithm).
-  local function iso(ms)
-    local seconds = math.floor(ms / 1000)
-    local z = math.floor(seconds / 86400) + 719468
-    local of_day = seconds % 86400
-    local era = math.floor(z / 146097)
-    local doe = z - era * 146097
-    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-      - math.floor(doe / 146096)) / 365)
-    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-    local mp = math.floor((5 * doy + 2) / 153)
-    local day = doy - math.floor((153 * mp + 2) / 5) + 1
-    local month = mp < 10 and mp + 3 or mp - 9
-    local year = yoe + era * 400 + (month <= 2 and 1 or 0)
-    return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day,
-      math.floor(of_day / 3600), math.floor(of_day % 3600 / 60), of_day % 60, ms % 1000)
-  end
-
-  -- A closed cycle's overage in cents: credits x rate / 1000, rounded half up (SPEC R8).
-  local function cents(over, rate)
-    return math.floor((2 * over * rate + 1000) / 2000)
-  end
 
   -- R8: a late charge of the closed cycle adds its overage difference, so that the cycle's
   -- overage entries always sum to round(final overage x rate).
