@@ -140,7 +140,11 @@ async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]
     try:
         yield
     finally:
-        task.cancel()
+        # Cancel until it stops: a client library may swallow one cancellation (fakeredis's
+        # pub/sub read does, when it comes just as the subscription starts).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
