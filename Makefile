@@ -13,7 +13,7 @@ TESTING := $(VENV)/.testing
 UV := uv==0.13.9
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-.PHONY: run test lint lock clean bench bench-steps bench-cluster soak
+.PHONY: run test lint lock clean bench bench-steps bench-cluster bench-queue soak
 
 $(RUNTIME): requirements.lock pyproject.toml
 	$(PYTHON) -m venv --upgrade-deps $(VENV)
@@ -64,6 +64,11 @@ bench-steps: $(TESTING)
 bench-cluster: $(TESTING)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/cluster.py
+
+# The queues' speed (SPEC 10): batch accept, drain, slot hand-off, memory, the sync hot path.
+bench-queue: $(TESTING)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/queues.py
 
 # About five minutes of chaos under load (not part of `make test`); SOAK_SECONDS to change it.
 soak: $(TESTING)

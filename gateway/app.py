@@ -29,6 +29,9 @@ from gateway.proxy.handler import proxy
 from gateway.proxy.http1 import UpstreamClient
 from gateway.proxy.leases import InFlight, renew_forever
 from gateway.proxy.pricebooks import PriceBooks
+from gateway.queue import api as queue_api
+from gateway.queue.dispatcher import Dispatcher
+from gateway.queue.store import QueueStore
 from gateway.reload import SUPERVISED_ENV
 from gateway.settings import Settings
 from gateway.store.accounts import Accounts
@@ -45,7 +48,7 @@ MAX_LINE_BYTES = 8190  # the request line, so the URL too
 MAX_FIELD_BYTES = 8190  # one header
 MAX_HEADERS = 64
 BACKLOG = 4096  # capped by the kernel's net.core.somaxconn
-STOP_WAIT_S = 5.0  # how long a stop waits for a background task it cancelled
+STOP_TRIES = 5  # cancellations (1 s apart) a stop sends a background task before giving up
 
 
 def build_gateway(
@@ -64,7 +67,7 @@ def build_gateway(
     accounts = Accounts(client)
     prepare = prepare_catalog or (lambda c: c)
     metrics.config_last_reload.set(clock().timestamp())
-    return Gateway(
+    gw = Gateway(
         settings=settings,
         catalog=LiveCatalog(prepare(catalog)),
         client=client,
@@ -79,6 +82,8 @@ def build_gateway(
         spool=Spool(settings.spool_dir, metrics),
         prepare_catalog=prepare,
     )
+    gw.dispatcher = Dispatcher(gw, QueueStore(ledger))
+    return gw
 
 
 def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
@@ -87,6 +92,7 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public[GATEWAY] = gw
     public.add_routes(account.routes)
     public.add_routes(webhooks_api.routes)
+    public.add_routes(queue_api.routes)
     public.add_routes(dashboard.routes)
     # `100 Continue` is the handler's to send, once route, size and key are checked.
     public.router.add_route("*", "/{tail:.*}", proxy, expect_handler=_continue_later)
@@ -98,6 +104,7 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
             _lease_renewer,
             _renewal_sweeper,
             _spool_replayer,
+            _queue,
             _webhook_deliverer,
         ]
     )
@@ -140,15 +147,22 @@ async def _in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]
     try:
         yield
     finally:
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
-        if not done:
+        # Cancel until it stops: a client library may swallow one cancellation (fakeredis's
+        # pub/sub read does, when it comes just as the subscription starts); give up after a
+        # few tries, so a stop never hangs on it.
+        for _ in range(STOP_TRIES):
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+            if task.done():
+                break
+        else:
             where = "".join(traceback.format_list(traceback.extract_stack(task.get_stack()[-1])))
             log.warning(
                 "background task did not stop in time",
                 extra={"task": repr(task.get_coro()), "where": where},
             )
-        elif not task.cancelled() and task.exception() is not None:
+            return
+        if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", extra={"error": type(task.exception()).__name__})
 
 
@@ -160,6 +174,17 @@ async def _lease_renewer(app: web.Application) -> AsyncIterator[None]:
 
     async with _in_background(renew_forever(gw.inflight, gw.ledger, gw.clock, ttl)):
         yield
+
+
+async def _queue(app: web.Application) -> AsyncIterator[None]:
+    """Wake-ups of this process's waiters and the queue's slow sweep (SPEC 10)."""
+    gw = app[GATEWAY]
+    dispatcher = gw.dispatcher
+    async with _in_background(dispatcher.listen_forever()), _in_background(
+        dispatcher.sweep_forever()
+    ):
+        yield
+    await dispatcher.aclose(float(gw.catalog.current.catalog.limits.shutdown_grace_s))
 
 
 async def _renewal_sweeper(app: web.Application) -> AsyncIterator[None]:

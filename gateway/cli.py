@@ -95,7 +95,11 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
         upstreams = {
             name: u.model_copy(update={"url": upstream_url}) for name, u in loaded.upstreams.items()
         }
-        return loaded.model_copy(update={"upstreams": upstreams})
+        update: dict[str, Any] = {"upstreams": upstreams}
+        if loaded.async_ is not None:  # webhooks to loopback receivers are fine in a demo
+            hooks = loaded.async_.webhooks.model_copy(update={"allow_private_targets": True})
+            update["async_"] = loaded.async_.model_copy(update={"webhooks": hooks})
+        return loaded.model_copy(update=update)
 
     token = settings.admin_token or SecretStr(secrets.token_urlsafe(24))
     settings = settings.model_copy(update={"redis_url": "memory://", "admin_token": token})
@@ -128,6 +132,9 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
                 f"  try:         curl -s -X POST {base}/v1/monitor/chatgpt "
                 f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
                 '-d \'{"prompt": "best running shoes"}\' -i\n'
+                f"  async task:  curl -s -X POST {base}/v1/async/task "
+                f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+                '-d \'{"taskType": "CHATGPT", "payload": {"prompt": "best running shoes"}}\'\n'
                 f"  credits:     curl -s {base}/v1/credits -H 'Authorization: Bearer {key}'\n"
                 f"  dashboard:   {base}/dashboard (sign in with the key)\n"
                 f"  admin:       curl -s http://127.0.0.1:{admin_port}/admin/accounts/{record.id}"

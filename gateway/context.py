@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,6 +21,9 @@ from gateway.store.accounts import Accounts
 from gateway.store.billing import Billing
 from gateway.store.ledger import Identity, Ledger
 from gateway.store.spool import Spool
+
+if TYPE_CHECKING:
+    from gateway.queue.dispatcher import Dispatcher
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Gateway:
     # Applied to every catalog loaded from disk (the demo points upstreams at itself).
     prepare_catalog: Callable[[Catalog], Catalog] = field(default=lambda catalog: catalog)
     http: UpstreamClient = field(init=False)
+    # The queues' side of this process (SPEC 10), set by build_gateway.
+    dispatcher: Dispatcher = field(init=False)
     # Set when shutdown starts: requests cancelled from then on are released, never charged.
     draining: bool = field(default=False, init=False)
 
@@ -60,3 +65,5 @@ OUTCOME = web.RequestKey("outcome", str)
 TRACKING = web.RequestKey("tracking", dict)
 UPSTREAM_SECONDS = web.RequestKey("upstream_seconds", float)
 CHARGED = web.RequestKey("charged", int)
+# Seconds a request that found its org full was granted to wait for a slot (SPEC 10).
+WAITED = web.RequestKey("waited", int)

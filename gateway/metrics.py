@@ -134,6 +134,26 @@ class Metrics:
             registry=r,
         )
 
+        # Queues (SPEC 10). gateway_async_queued is read from the store at scrape (admin.py).
+        self.async_tasks = Counter(
+            "gateway_async_tasks_total",
+            "Async tasks by type and outcome (created, completed, failed, canceled)",
+            ["task_type", "outcome"],
+            registry=r,
+        )
+        self.async_dispatch = Histogram(
+            "gateway_async_dispatch_seconds",
+            "Time from a task's creation or its slot's release to its upstream call",
+            buckets=(*STORE_BUCKETS, 2.5, 5, 10),
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time sync requests waited for a concurrency slot",
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+
     def count_request(self, route: str, status: int, outcome: str, seconds: float) -> None:
         """One finished request of the public listener."""
         key = (route, status, outcome)

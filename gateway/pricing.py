@@ -42,8 +42,16 @@ def price_of(price: Price, body: bytes) -> int:
 
 def parse_body(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or ValidationFailed."""
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise ValidationFailed("The request body must be a JSON object", details={"field": "body"})
+    return document
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON with no key repeated in any object, or ValidationFailed."""
     try:
-        document = json.loads(body, object_pairs_hook=_unique_keys)
+        return json.loads(body, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
         # Parsers disagree on which of two equal keys wins: the upstream might read the other.
         raise ValidationFailed(
@@ -51,12 +59,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
         ) from exc
     # RecursionError: a small body of deeply nested brackets must be a 400, not a 500.
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValidationFailed(
-            "The request body must be a JSON object", details={"field": "body"}
-        ) from exc
-    if not isinstance(document, dict):
-        raise ValidationFailed("The request body must be a JSON object", details={"field": "body"})
-    return document
+        raise ValidationFailed("The request body must be JSON", details={"field": "body"}) from exc
 
 
 class _DuplicateKey(ValueError):

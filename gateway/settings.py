@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = 60.0
     # How often each process looks for accounts whose cycle ended (they also renew on touch).
     renewal_sweep_s: float = 30.0
+    # How often each process requeues the tasks of dead gateways and deletes expired tasks;
+    # dispatch itself never waits for it.
+    queue_sweep_s: float = 5.0
     # Settlements that could not reach the store wait here (fsync'd) until they land. Keep it
     # on a disk that survives a restart of the process.
     spool_dir: str = "var/spool"

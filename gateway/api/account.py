@@ -119,15 +119,18 @@ async def reactivate(request: web.Request) -> web.Response:
 async def caller(request: web.Request) -> tuple[AccountRecord, OrgRecord]:
     """The caller's account (renewed if due) and org, once the call has counted; every
     customer route (webhooks too) starts here."""
-    return await _account_of(request, await _count(request))
+    return await _account_of(request, await count_call(request))
 
 
-async def _count(request: web.Request, *, change: bool = False) -> Identity:
+async def count_call(
+    request: web.Request, *, change: bool = False, route: str | None = None
+) -> Identity:
     """Authenticate and count the call in the account's rate window; `change`: it changes the
     subscription, so it also takes one of the hour's changes (release it if the change fails).
-    A revoked key is refused here, by the script, as admission refuses it."""
+    A revoked key is refused here, by the script, as admission refuses it. `route`: the label
+    of metrics and logs, when the path holds an id."""
     gw = request.app[GATEWAY]
-    request[ROUTE] = request.path
+    request[ROUTE] = route or request.path
     who = await gw.keys.authenticate(request.headers.get("Authorization"))
     request[WHO] = who
     cap = gw.catalog.current.catalog.limits.max_subscription_changes_per_hour
@@ -166,7 +169,7 @@ async def _subscription_change(request: web.Request, change: Change) -> web.Resp
     """Run a plan change, cancel or reactivation as one of the account's changes this hour;
     a change that fails (refused, invalid, store down) gives its place back."""
     gw = request.app[GATEWAY]
-    who = await _count(request, change=True)
+    who = await count_call(request, change=True)
     try:
         record, _ = await _account_of(request, who)
         _self_service(record)

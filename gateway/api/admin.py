@@ -58,7 +58,18 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    body = exposition(request.app[GATEWAY].metrics.registry)
+    gw = request.app[GATEWAY]
+    body = exposition(gw.metrics.registry)
+    try:  # a gauge of the store, not of a process: read at scrape (SPEC 8)
+        queued = await gw.dispatcher.store.queued_total()
+    except StoreError:
+        queued = None
+    if queued is not None:
+        body += (
+            b"# HELP gateway_async_queued Async tasks queued in the store\n"
+            b"# TYPE gateway_async_queued gauge\n"
+            b"gateway_async_queued %d\n" % queued
+        )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

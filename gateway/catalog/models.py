@@ -145,6 +145,9 @@ class Plan(_Frozen):
     credits: NonNegInt
     concurrency: PosInt
     rate_limit_rps: PosInt
+    # How long a sync request of this plan waits for a slot when it sends no `Prefer: wait`
+    # (SPEC 10); capped by limits.max_queue_wait_s.
+    queue_wait_s: Annotated[int, Field(ge=0, le=3600, strict=True)] = 0
 
 
 class Limits(_Frozen):
@@ -160,6 +163,10 @@ class Limits(_Frozen):
     max_kept_response_bytes: NonNegInt = 1_048_576
     # Plan changes, cancels and reactivations one account may make itself per hour (SPEC 6).
     max_subscription_changes_per_hour: PosInt = 10
+    # Waiting for a slot (SPEC 10): the ceiling of `Prefer: wait=N`, and how many sync
+    # requests of one org may wait at once (one more gets 429 at once).
+    max_queue_wait_s: Annotated[int, Field(ge=0, le=3600, strict=True)] = 60
+    max_waiting_per_org: NonNegInt = 100
 
 
 class MetricsOptions(_Frozen):
@@ -173,33 +180,34 @@ class BillingOptions(_Frozen):
 
 
 class WebhookOptions(_Frozen):
-    """Delivery of task webhooks (SPEC 11)."""
+    """Deliveries of finished tasks (SPEC 11)."""
 
-    header_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]*$", max_length=64)] = "X-Cloro-"
+    header_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] = "X-Cloro-"
     attempts: Annotated[int, Field(ge=1, le=100, strict=True)] = 5
     backoff_s: tuple[Seconds, ...] = (120.0, 240.0, 480.0, 960.0)  # before attempt 2, 3, ...
     timeout_s: Seconds = 10.0
-    allow_private_targets: bool = False  # true only for tests and the demo (loopback targets)
+    allow_private_targets: bool = False  # true only for tests and the demo (loopback)
 
     @model_validator(mode="after")
-    def _a_wait_before_every_retry(self) -> WebhookOptions:
+    def _backoff_per_retry(self) -> WebhookOptions:
         if len(self.backoff_s) < self.attempts - 1:
             raise ValueError(
-                f"backoff_s lists {len(self.backoff_s)} waits; {self.attempts} attempts "
-                f"need {self.attempts - 1}"
+                f"backoff_s must list a wait before each of attempts 2..{self.attempts}"
             )
         return self
 
 
-class AsyncOptions(_Frozen):
-    """The async task API (SPEC 10); its task types are checked against the routes by the
-    catalog's cross-checks."""
+TaskType = Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
 
-    task_types: dict[str, str] = Field(default_factory=dict)
-    sync_surcharge: NonNegInt = 2
-    max_batch: PosInt = 500
-    retention_h: PosInt = 24
-    max_attempts: PosInt = 3
+
+class AsyncOptions(_Frozen):
+    """The async task API (SPEC 10); absent from the catalog: no async API (404)."""
+
+    task_types: dict[TaskType, str]  # taskType -> the path of a metered POST route
+    sync_surcharge: NonNegInt = 2  # an async task costs its route's price minus this (floor 0)
+    max_batch: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 500
+    retention_h: Annotated[int, Field(ge=1, le=24 * 400, strict=True)] = 24
+    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
     webhooks: WebhookOptions = WebhookOptions()
 
 
@@ -236,6 +244,29 @@ class Catalog(_Frozen):
                 if (kind, matcher, method) in seen:
                     problems.append(f"routes[{index}]: duplicate route {method} {matcher}")
                 seen.add((kind, matcher, method))
+        problems += self._task_type_problems()
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _task_type_problems(self) -> list[str]:
+        """Every task type must name a metered POST route, matched by its exact path."""
+        if self.async_ is None:
+            return []
+        metered = {
+            route.path
+            for route in self.routes
+            if route.path is not None and "POST" in route.methods and route.price is not None
+        }
+        return [
+            f"async.task_types.{name}: {path!r} is not the path of a metered POST route"
+            for name, path in self.async_.task_types.items()
+            if path not in metered
+        ]
+
+    def task_route(self, task_type: str) -> Route | None:
+        """The POST route a task type runs, or None for an unknown type (or no async API)."""
+        if self.async_ is None or task_type not in self.async_.task_types:
+            return None
+        path = self.async_.task_types[task_type]
+        return next(r for r in self.routes if r.path == path and "POST" in r.methods)

@@ -22,6 +22,7 @@ from gateway.context import (
     ROUTE,
     TRACKING,
     UPSTREAM_SECONDS,
+    WAITED,
     WHO,
     Gateway,
 )
@@ -44,6 +45,7 @@ from gateway.pricing import price_of, route_price
 from gateway.proxy import inbound
 from gateway.proxy.relay import Relayed, finish, relay
 from gateway.proxy.upstream import UpstreamReply, forward, request_headers
+from gateway.queue.waiting import wait_if_asked
 from gateway.store.ledger import Admission, Idempotency, Identity, Settlement, SettleOrder
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if admission.code == "REPLAY" and idempotency is not None:
         return await _replay(gw, request, who, idempotency)
     tracking = _tracking_headers(admission, metered=price is not None)
+    if WAITED in request:
+        tracking["Preference-Applied"] = f"wait={request[WAITED]}"
     request[TRACKING] = tracking
     if not admission.admitted:
         raise _refusal(admission, price)
@@ -217,6 +221,14 @@ async def _price_and_admit(
                 await gw.billing.current(who.account_id, plans, gw.clock())
             elif admission.code == "REPRICE":
                 gw.pricebooks.forget(who.account_id)
+            elif admission.code == "CONCURRENT_LIMIT_EXCEEDED" and WAITED not in request:
+                # SPEC 10: wait for a slot instead of an immediate 429, when asked to.
+                admission = await wait_if_asked(
+                    request, who, admission, price, version, idempotency
+                )
+                if admission.code != "REPRICE":
+                    return admission, price
+                gw.pricebooks.forget(who.account_id)
             else:
                 return admission, price
     except asyncio.CancelledError:
@@ -287,7 +299,7 @@ async def _settle(
         keep=keep,
     )
     try:
-        return await gw.ledger.settle(who, order)
+        settled = await gw.ledger.settle(who, order)
     except StoreError:
         gw.spool.add(who, order)
         # The charge will land on replay; tell the customer what it will be.
@@ -296,6 +308,9 @@ async def _settle(
             charged=price if charge else 0,
             credits_remaining=remaining if charge else remaining + price,
         )
+    if settled.queued:  # the slot just freed is wanted: give it away now (SPEC 10)
+        gw.dispatcher.kick(who.account_id, who.org_id)
+    return settled
 
 
 def _order(

@@ -1,1 +1,1 @@
-"""Async tasks (SPEC 10)."""
+"""Queues (SPEC 10): async tasks and sync requests waiting for a concurrency slot."""

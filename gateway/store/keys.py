@@ -53,16 +53,6 @@ def subscription_changes(account_id: str) -> str:
     return f"gw:{{acct:{account_id}}}:changes"
 
 
-def task(account_id: str, task_id: str) -> str:
-    """An async task's record (a hash, owned by the queue; the webhook fields are ours)."""
-    return f"gw:{{acct:{account_id}}}:task:{task_id}"
-
-
-def outbox(account_id: str) -> str:
-    """Webhook deliveries of an account (zset, member = task id, score = due time ms)."""
-    return f"gw:{{acct:{account_id}}}:outbox"
-
-
 def webhook_secret(account_id: str, org_id: str) -> str:
     """An org's webhook signing secret (hash: secret, created_at ms)."""
     return f"gw:{{acct:{account_id}}}:whsec:{org_id}"
@@ -91,3 +81,68 @@ OUTBOX_ACCOUNTS = "gw:outbox_accounts"
 OUTBOX_WAKE = "gw:outbox_wake"
 # What the reconciliation scan looks for: every account's outbox.
 OUTBOX_PATTERN = "gw:{acct:*}:outbox"
+
+# The queues (SPEC 10). Per-task keys are named inside the scripts from the account's prefix.
+def prefix(account_id: str) -> str:
+    """What every key of the account starts with (scripts build per-task keys from it)."""
+    return f"gw:{{acct:{account_id}}}:"
+
+
+def task(account_id: str, task_id: str) -> str:
+    """A task's record (hash): fields org_id, type, status, ... (enqueue.lua, tasks.lua); the
+    webhook fields webhook_attempts and webhook_state are the deliverer's."""
+    return f"gw:{{acct:{account_id}}}:task:{task_id}"
+
+
+def queue(account_id: str, org_id: str) -> str:
+    """An org's queued tasks (zset): score (10 - priority) * 10^13 + sequence."""
+    return f"gw:{{acct:{account_id}}}:queue:{org_id}"
+
+
+def org_tasks(account_id: str, org_id: str) -> str:
+    """Every retained task of an org (zset by sequence): the newest-first listing."""
+    return f"gw:{{acct:{account_id}}}:tasks:{org_id}"
+
+
+def waiting(account_id: str, org_id: str) -> str:
+    """An org's sync requests waiting for a slot (zset by arrival)."""
+    return f"gw:{{acct:{account_id}}}:waiting:{org_id}"
+
+
+def waiters(account_id: str) -> str:
+    """The waiting requests' records (hash, request id -> record); see dispatch.lua."""
+    return f"gw:{{acct:{account_id}}}:waiters"
+
+
+def running(account_id: str) -> str:
+    """PROCESSING tasks (hash, task id -> org id)."""
+    return f"gw:{{acct:{account_id}}}:running"
+
+
+def finished(account_id: str) -> str:
+    """Terminal tasks by completion time (zset, ms): deleted after retention."""
+    return f"gw:{{acct:{account_id}}}:finished"
+
+
+def task_idempotency(account_id: str) -> str:
+    """sha256(idempotencyKey) -> task id (hash), while the task is retained."""
+    return f"gw:{{acct:{account_id}}}:taskidem"
+
+
+def outbox(account_id: str) -> str:
+    """Tasks whose webhook is due (zset, score = due time ms): the webhooks side's work list."""
+    return f"gw:{{acct:{account_id}}}:outbox"
+
+
+# Accounts that keep tasks (zset, score = when first added, ms): the queue sweeper's work list.
+TASK_ACCOUNTS = "gw:task_accounts"
+# Accounts whose outbox may hold due deliveries (zset, score = earliest due ms); see contract.
+OUTBOX_ACCOUNTS = "gw:outbox_accounts"
+OUTBOX_WAKE = "gw:outbox_wake"
+# "<account>|<org>": a slot is free and entries are queued; any process may dispatch them.
+DISPATCH_CHANNEL = "gw:dispatch"
+
+
+def wake_channel(process_id: str) -> str:
+    """Where a process hears that a waiting request of its own was decided."""
+    return f"gw:wake:{process_id}"

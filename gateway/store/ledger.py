@@ -17,7 +17,7 @@ from gateway.store.batcher import ScriptBatcher
 from gateway.store.breaker import Breaker
 from gateway.store.cluster_scripts import ClusterScripts
 from gateway.store.connect import is_cluster
-from gateway.store.scripts import ADMIT, RATE, SETTLE
+from gateway.store.scripts import ADMIT, DISPATCH, FINISH, RATE, SETTLE
 
 T = TypeVar("T")
 
@@ -109,6 +109,9 @@ class Settlement:
     applied: bool
     charged: int
     credits_remaining: int
+    # The org's waiting sync requests and queued tasks as settle left them: above 0, the slot
+    # just freed is wanted (the caller dispatches); 0 costs no further round trip.
+    queued: int = field(default=0, compare=False)
 
 
 class Ledger:
@@ -120,10 +123,10 @@ class Ledger:
         self._timeout_s = timeout_s
         self._durations = {
             op: metrics.store_duration.labels(op)
-            for op in ("lookup", "admit", "settle", "renew", "rate", "webhooks")
+            for op in ("lookup", "admit", "settle", "renew", "rate", "queue", "webhooks")
         }
         self._errors = {op: metrics.store_errors.labels(op) for op in self._durations}
-        scripts = (ADMIT, SETTLE)
+        scripts = (ADMIT, SETTLE, DISPATCH, FINISH)
         self.batcher: ScriptBatcher | ClusterScripts = (
             ClusterScripts(client, timeout_s, scripts=scripts)
             if is_cluster(client)
@@ -210,42 +213,47 @@ class Ledger:
         )
         return Admission(str(reply[0]), *(int(v) for v in reply[1:8]))
 
-    async def settle(self, who: Identity, order: SettleOrder) -> Settlement:
+    def settle_keys(self, who: Identity, order: SettleOrder) -> list[str]:
+        """settle.lua's KEYS (finish.lua, a task's end, starts with the same)."""
         a = who.account_id
+        return [
+            keys.account(a),
+            keys.leases(a, who.org_id),
+            keys.holds(a),
+            keys.request_log(a),
+            keys.usage_hours(a, order["now_ms"]),
+            keys.usage_day(a, order["now_ms"]),
+            keys.idempotency(a, who.org_id, order["idempotency_key"] or "-"),
+            keys.reclaimed(a),
+            keys.billing(a),
+        ]
+
+    @staticmethod
+    def settle_args(who: Identity, order: SettleOrder) -> list[str | int]:
+        """settle.lua's ARGV (finish.lua's start with the same)."""
+        return [
+            order["request_id"],
+            who.org_id,
+            order["now_ms"],
+            1 if order["charge"] else 0,
+            order["route"],
+            order["status"],
+            order["latency_ms"],
+            REQUEST_LOG_LENGTH,
+            USAGE_RETENTION_S,
+            order["response"] if order["idempotency_key"] else "",
+            IDEMPOTENCY_TTL_S,
+            order["price"],
+            order["cycle"],
+        ]
+
+    async def settle(self, who: Identity, order: SettleOrder) -> Settlement:
         reply = await self.call(
             "settle",
-            self.batcher.run(
-                SETTLE,
-                [
-                    keys.account(a),
-                    keys.leases(a, who.org_id),
-                    keys.holds(a),
-                    keys.request_log(a),
-                    keys.usage_hours(a, order["now_ms"]),
-                    keys.usage_day(a, order["now_ms"]),
-                    keys.idempotency(a, who.org_id, order["idempotency_key"] or "-"),
-                    keys.reclaimed(a),
-                    keys.billing(a),
-                ],
-                [
-                    order["request_id"],
-                    who.org_id,
-                    order["now_ms"],
-                    1 if order["charge"] else 0,
-                    order["route"],
-                    order["status"],
-                    order["latency_ms"],
-                    REQUEST_LOG_LENGTH,
-                    USAGE_RETENTION_S,
-                    order["response"] if order["idempotency_key"] else "",
-                    IDEMPOTENCY_TTL_S,
-                    order["price"],
-                    order["cycle"],
-                ],
-            ),
+            self.batcher.run(SETTLE, self.settle_keys(who, order), self.settle_args(who, order)),
             deadline=False,
         )
-        return Settlement(bool(int(reply[0])), int(reply[1]), int(reply[2]))
+        return Settlement(bool(int(reply[0])), int(reply[1]), int(reply[2]), int(reply[3]))
 
     async def count_call(
         self, who: Identity, *, request_id: str, now_ms: int, changes_per_hour: int = 0

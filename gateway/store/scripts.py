@@ -29,14 +29,25 @@ class Script:
             return await client.eval(self.body, len(keys), *keys, *args)
 
 
-def _load(name: str) -> Script:
-    return Script(name, resources.files("gateway.store").joinpath(f"lua/{name}.lua").read_text())
+def _load(name: str, *chunks: str) -> Script:
+    """The script `name`, after the shared chunks it uses (Lua has no `require` in Redis:
+    the chunks' local functions are prepended, so one definition serves several scripts)."""
+    lua = resources.files("gateway.store").joinpath("lua")
+    body = "".join(lua.joinpath(f"{part}.lua").read_text() for part in (*chunks, name))
+    return Script(name, body)
 
 
-ADMIT = _load("admit")
-SETTLE = _load("settle")
+ADMIT = _load("admit", "lease")
+SETTLE = _load("settle", "settlement")
 APPLY = _load("apply")
 RATE = _load("rate")
 OUTBOX_CLAIM = _load("outbox_claim")
 OUTBOX_ACK = _load("outbox_ack")
 OUTBOX_FAIL = _load("outbox_fail")
+# The queues (SPEC 10).
+ENQUEUE = _load("enqueue")
+DISPATCH = _load("dispatch", "lease", "tasks")
+FINISH = _load("finish", "settlement", "tasks")
+CANCEL = _load("cancel", "tasks")
+SWEEP = _load("sweep", "tasks")
+LEAVE = _load("leave")

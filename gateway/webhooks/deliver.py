@@ -36,7 +36,7 @@ ACCOUNTS_AT_ONCE = 16
 SCAN_DEADLINE_S = 60.0  # the reconciliation scan of every outbox, all masters included
 USER_AGENT = "gateway-webhooks/1"
 DEFAULT_OPTIONS = WebhookOptions()
-_TASK_FIELDS = ("org_id", "org", "webhook_url", "webhook_attempts", "webhook_state")
+_TASK_FIELDS = ("org_id", "webhook_url", "webhook_attempts", "webhook_state")
 
 
 def open_session(allow_private: AllowPrivate) -> aiohttp.ClientSession:
@@ -135,8 +135,7 @@ class Deliverer:
         """One attempt of one claimed delivery, and its record."""
         client = self.gw.client
         task = keys.task(account_id, task_id)
-        org_id, org, url, made, state = await self._store(client.hmget(task, [*_TASK_FIELDS]))
-        org_id = org_id or org  # the contract names it org_id; the queue's hash says org
+        org_id, url, made, state = await self._store(client.hmget(task, [*_TASK_FIELDS]))
         view = await self._store(task_view(client, account_id, task_id)) if url else None
         if not url or state != "pending" or view is None:
             # Gone (retention), never had a webhook, or already recorded: nothing to send.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -55,6 +56,29 @@ async def test_make_run_serves_the_printed_key() -> None:
                 assert reply.status == 200, body
                 assert body["success"] is True
                 assert reply.headers["X-Credits-Charged"] == "7"
+            # The printed async task line: its body, sent as printed, runs and is charged the
+            # route's price minus the sync surcharge.
+            task_line = re.search(r"async task: +curl -s -X POST (\S+) .* -d '(.+)'", output)
+            assert task_line is not None, output
+            url, body = task_line.groups()
+            assert url == f"http://127.0.0.1:{port}/v1/async/task"
+            async with http.post(
+                url,
+                headers={"Authorization": f"Bearer {key.group(0)}"},
+                data=body,
+            ) as reply:
+                created = await reply.json()
+                assert reply.status == 200, created
+            task_url = f"{url}/{created['task']['id']}"
+            for _ in range(100):
+                async with http.get(
+                    task_url, headers={"Authorization": f"Bearer {key.group(0)}"}
+                ) as reply:
+                    view = await reply.json()
+                if view["task"]["status"] == "COMPLETED":
+                    break
+                await asyncio.sleep(0.05)
+            assert view["credits"] == {"creditsToCharge": 5, "creditsCharged": 5}
             async with http.get(f"http://127.0.0.1:{admin_port}/healthz") as reply:
                 assert reply.status == 200
             # The printed admin call answers, with the printed token.
@@ -65,7 +89,7 @@ async def test_make_run_serves_the_printed_key() -> None:
             async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as reply:
                 account = await reply.json()
                 assert reply.status == 200, account
-                assert account["credits"]["used"] == 7
+                assert account["credits"]["used"] == 7 + 5
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=15)

@@ -131,7 +131,8 @@ async def store(redis_url: str) -> AsyncIterator[Any]:
 
 
 def with_webhooks(catalog: Catalog, options: WebhookOptions = FAST) -> Catalog:
-    return catalog.model_copy(update={"async_": AsyncOptions(webhooks=options)})
+    async_options = AsyncOptions(task_types={"CHATGPT": "/v1/monitor/chatgpt"}, webhooks=options)
+    return catalog.model_copy(update={"async_": async_options})
 
 
 async def webhook_gateway(
@@ -171,7 +172,6 @@ async def finish_task(
         keys.task(c.account_id, task_id),
         mapping={
             "org_id": c.org_id,
-            "org": c.org_id,
             "type": "CHATGPT",
             "route": "/v1/monitor/chatgpt",
             "priority": 1,

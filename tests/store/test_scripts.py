@@ -26,6 +26,8 @@ from gateway.catalog.models import Plan
 from gateway.clock import from_ms, to_ms
 from gateway.errors import Conflict
 from gateway.metrics import Metrics
+from gateway.queue.store import Decision, Dispatched, Failed, Finished, QueueStore, Swept
+from gateway.queue.tasks import NewTask, task_view
 from gateway.store import keys
 from gateway.store.accounts import AccountRecord, Accounts, KeyRecord, hash_key
 from gateway.store.billing import Billing
@@ -38,6 +40,7 @@ from gateway.store.ledger import (
     Identity,
     Ledger,
     Settlement,
+    SettleOrder,
 )
 from gateway.webhooks import outbox
 
@@ -975,6 +978,276 @@ async def outbox_index_follows_the_outbox_and_is_repaired_by_the_scan(client: An
     await client.zadd(keys.OUTBOX_ACCOUNTS, {accounts[1]: NOW_MS - 99})
     await outbox.reconcile(client)
     assert await client.zscore(keys.OUTBOX_ACCOUNTS, accounts[1]) == NOW_MS - 99
+# --------------------------------------------------------------------------- queues
+
+
+def new_task(
+    n: int, *, priority: int = 1, price: int = 5, webhook: str = "", idem: str = ""
+) -> NewTask:
+    return NewTask(
+        id=f"task_{n:04d}",
+        task_type="FLAT",
+        route="/v1/monitor/flat",
+        priority=priority,
+        price=price,
+        enterprise_only=False,
+        idempotency_key=idem or None,
+        webhook_url=webhook or None,
+        payload=json.dumps({"n": n}),
+    )
+
+
+async def dispatch(
+    q: QueueStore,
+    w: World,
+    *,
+    at: int = NOW_MS,
+    join: tuple[str, str] | None = None,
+    max_tasks: int = 100,
+) -> Dispatched:
+    return await q.dispatch(
+        w.account.id,
+        w.who.org_id,
+        now_ms=at,
+        lease_ttl_ms=TTL_MS,
+        max_tasks=max_tasks,
+        max_waiting=2,
+        join=join,
+    )
+
+
+def task_order(
+    task_id: str, *, charge: bool = True, at: int = NOW_MS + 500, price: int = 5
+) -> SettleOrder:
+    return {
+        "request_id": task_id,
+        "now_ms": at,
+        "charge": charge,
+        "price": price,
+        "cycle": CYCLE_START_MS,
+        "route": "/v1/monitor/flat",
+        "status": 200 if charge else 502,
+        "latency_ms": 40,
+        "idempotency_key": "",
+        "response": "-",
+    }
+
+
+async def finish(
+    q: QueueStore,
+    w: World,
+    task_id: str,
+    attempt: int = 1,
+    *,
+    ok: bool = True,
+    at: int = NOW_MS + 500,
+) -> Finished:
+    return await q.finish(
+        Identity(w.account.id, w.who.org_id, ""),
+        task_order(task_id, charge=ok, at=at),
+        attempt=attempt,
+        status="COMPLETED" if ok else "FAILED",
+        response='{"ok":true}' if ok else "",
+        error="" if ok else '{"code":"UPSTREAM_ERROR"}',
+    )
+
+
+@case
+async def tasks_run_within_the_org_limit_by_priority_then_fifo(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=2)
+    q = QueueStore(w.ledger)
+    codes = await q.enqueue(
+        w.who, NOW_MS, [new_task(1), new_task(2, priority=7), new_task(3), new_task(4, priority=7)]
+    )
+    assert codes == ["OK"] * 4
+    assert await w.field(f"q:{w.who.org_id}") == "4" and await w.field("queued") == "4"
+    first = await dispatch(q, w)
+    assert [t.id for t in first.started] == ["task_0002", "task_0004"]
+    assert [t.attempt for t in first.started] == [1, 1]
+    assert (
+        first.started[0].payload == '{"n": 2}' and first.started[0].cycle_start_ms == CYCLE_START_MS
+    )
+    assert await w.balance() == (100, 0, 10)
+    assert await w.leases() == {"task_0002": NOW_MS + TTL_MS, "task_0004": NOW_MS + TTL_MS}
+    assert (await dispatch(q, w)).started == []  # full
+    done = await finish(q, w, "task_0002")
+    assert done == Finished(True, 5, 90, 2, False)  # charged 5; 2 entries still queued
+    assert (await finish(q, w, "task_0002")).applied is False  # once
+    assert [t.id for t in (await dispatch(q, w)).started] == ["task_0001"]
+    failed = await finish(q, w, "task_0004", ok=False)
+    assert (failed.applied, failed.charged) == (True, 0)
+    assert [t.id for t in (await dispatch(q, w)).started] == ["task_0003"]
+    assert await w.field(f"q:{w.who.org_id}") == "0" and await w.field("queued") == "0"
+    view = await task_view(client, w.account.id, "task_0002")
+    assert view is not None and view["task"]["status"] == "COMPLETED"
+    assert view["credits"] == {"creditsToCharge": 5, "creditsCharged": 5}
+    assert view["response"] == {"ok": True}
+    failed_view = await task_view(client, w.account.id, "task_0004")
+    assert failed_view is not None and failed_view["response"] == {
+        "error": {"code": "UPSTREAM_ERROR"}
+    }
+    assert await task_view(client, w.account.id, "task_nope") is None
+
+
+@case
+async def settle_reports_the_orgs_queued_entries(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=1)
+    q = QueueStore(w.ledger)
+    assert await w.admit("r1", 5) == ok(5, 4, 1, 1, 95)
+    assert await q.enqueue(w.who, NOW_MS, [new_task(1)]) == ["OK"]
+    assert (await dispatch(q, w)).started == []
+    settled = await w.settle("r1")
+    assert (settled.charged, settled.queued) == (5, 1)
+    assert [t.id for t in (await dispatch(q, w)).started] == ["task_0001"]
+    assert await w.admit("r2", 5, at=NOW_MS + 1000) == Admission(
+        "CONCURRENT_LIMIT_EXCEEDED", 5, 4, 1, 1, 90, 0
+    )
+    assert (await finish(q, w, "task_0001")).queued == 0
+
+
+@case
+async def waiters_come_before_tasks_and_leave_cleanly(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=1)
+    q = QueueStore(w.ledger)
+    assert await w.admit("r1", 5) == ok(5, 4, 1, 1, 95)
+    assert await q.enqueue(w.who, NOW_MS, [new_task(1, priority=10)]) == ["OK"]
+    record = f"W|chan|{w.key.id}|7|{w.account.pricing_version}||||{NOW_MS + 5000}"
+    joined = await dispatch(q, w, join=("w1", record))
+    assert (joined.code, joined.decided, joined.started) == ("OK", [], [])
+    assert (await dispatch(q, w, join=("w2", record))).code == "OK"
+    assert (await dispatch(q, w, join=("w3", record))).code == "FULL"  # max_waiting 2
+    assert await w.field(f"q:{w.who.org_id}") == "3"
+    assert (await q.leave(w.who, "w2")) == ("LEFT", None)
+    assert (await w.settle("r1")).queued == 2
+    turn = await dispatch(q, w, at=NOW_MS + 300)
+    assert turn.decided == [Decision("w1", "chan", f"OK|5|5|1|1|88|{CYCLE_START_MS}")]
+    assert turn.started == []  # the waiter took the slot
+    assert await w.holds() == {"w1": hold(7)}
+    assert await q.leave(w.who, "w1") == ("DECIDED", f"OK|5|5|1|1|88|{CYCLE_START_MS}")
+    assert await q.leave(w.who, "w1") == ("NONE", None)
+    assert (await w.settle("w1", at=NOW_MS + 400)).queued == 1
+    assert [t.id for t in (await dispatch(q, w, at=NOW_MS + 500)).started] == ["task_0001"]
+    # A waiter past its deadline (its process died) is dropped, not admitted.
+    late = f"W|chan|{w.key.id}|7|{w.account.pricing_version}||||{NOW_MS + 600}"
+    assert (await dispatch(q, w, at=NOW_MS + 550, join=("w4", late))).decided == []
+    assert (await finish(q, w, "task_0001", at=NOW_MS + 700)).queued == 1
+    assert (await dispatch(q, w, at=NOW_MS + 700)).decided == []
+    assert await w.field(f"q:{w.who.org_id}") == "0"
+    assert await client.hlen(keys.waiters(w.account.id)) == 0
+
+
+@case
+async def a_dead_runs_task_is_queued_again_then_exhausted_and_never_charged_twice(
+    client: Any,
+) -> None:
+    w = await make_world(client, credits=100, concurrency=1)
+    q = QueueStore(w.ledger)
+    assert await q.enqueue(w.who, NOW_MS, [new_task(1, webhook="http://hook/")]) == ["OK"]
+    assert [t.attempt for t in (await dispatch(q, w)).started] == [1]
+    alive = await q.sweep(w.account.id, now_ms=NOW_MS + 1000, max_attempts=2, retention_ms=10**9)
+    assert alive == Swept(0, [], [], 1)
+    expired = NOW_MS + TTL_MS + 1
+    swept = await q.sweep(w.account.id, now_ms=expired, max_attempts=2, retention_ms=10**9)
+    assert swept == Swept(1, [], [w.who.org_id], 1)
+    assert await w.balance() == (100, 0, 0) and await w.leases() == {}
+    second = await dispatch(q, w, at=expired)
+    assert [t.attempt for t in second.started] == [2]
+    # The dead run's late end changes nothing: only the current run settles the task.
+    assert (await finish(q, w, "task_0001", attempt=1, at=expired + 10)).applied is False
+    assert await w.balance() == (100, 0, 5)
+    later = expired + TTL_MS + 1
+    gone = await q.sweep(w.account.id, now_ms=later, max_attempts=2, retention_ms=10**9)
+    assert gone == Swept(0, [Failed("task_0001", "FLAT", "ATTEMPTS_EXHAUSTED", True)], [], 1)
+    assert await w.balance() == (100, 0, 0)
+    view = await task_view(client, w.account.id, "task_0001")
+    assert view is not None and view["response"]["error"]["code"] == "ATTEMPTS_EXHAUSTED"
+    assert view["credits"]["creditsCharged"] == 0
+    assert await client.zrange(keys.outbox(w.account.id), 0, -1, withscores=True) == [
+        ("task_0001", later)
+    ]
+    assert await client.hmget(
+        keys.task(w.account.id, "task_0001"), ["webhook_state", "webhook_attempts"]
+    ) == ["pending", "0"]
+
+
+@case
+async def cancel_fails_a_queued_task_and_retention_deletes_it(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=1)
+    q = QueueStore(w.ledger)
+    tasks = [new_task(1), new_task(2, idem="k1", webhook="http://hook/")]
+    assert await q.enqueue(w.who, NOW_MS, tasks) == ["OK", "OK"]
+    assert await q.enqueue(w.who, NOW_MS, [new_task(3, idem="k1")]) == ["DUPLICATE:task_0002"]
+    assert [t.id for t in (await dispatch(q, w)).started] == ["task_0001"]
+    assert await q.cancel(w.who, "task_0001", NOW_MS + 10) == ("CONFLICT", "FLAT", False)
+    other = Identity(w.account.id, "org_other", w.key.id)
+    assert await q.cancel(other, "task_0002", NOW_MS + 10) == ("NOT_FOUND", "", False)
+    assert await q.cancel(w.who, "task_0002", NOW_MS + 10) == ("OK", "FLAT", True)
+    assert await q.cancel(w.who, "task_0002", NOW_MS + 20) == ("CONFLICT", "FLAT", False)
+    assert await w.field(f"q:{w.who.org_id}") == "0" and await w.field("queued") == "0"
+    assert await client.zscore(keys.outbox(w.account.id), "task_0002") == NOW_MS + 10
+    assert (await finish(q, w, "task_0001", at=NOW_MS + 30)).applied
+    hour = 3_600_000
+    kept = await q.sweep(w.account.id, now_ms=NOW_MS + hour, max_attempts=2, retention_ms=hour)
+    assert kept.retained == 2
+    gone = await q.sweep(w.account.id, now_ms=NOW_MS + hour + 31, max_attempts=2, retention_ms=hour)
+    assert gone.retained == 0
+    assert await task_view(client, w.account.id, "task_0002") is None
+    assert await client.hlen(keys.task_idempotency(w.account.id)) == 0
+    assert await client.zcard(keys.org_tasks(w.account.id, w.who.org_id)) == 0
+    assert await client.zcard(keys.outbox(w.account.id)) == 0
+    assert await q.enqueue(w.who, NOW_MS + hour + 40, [new_task(3, idem="k1")]) == ["OK"]
+
+
+@case
+async def enqueue_checks_the_account_per_task(client: Any) -> None:
+    w = await make_world(client, credits=12, concurrency=1)
+    q = QueueStore(w.ledger)
+    assert await w.admit("r1", 5) == ok(5, 4, 1, 1, 7)
+    codes = await q.enqueue(w.who, NOW_MS, [new_task(1, price=7), new_task(2, price=8)])
+    assert codes == ["OK", "INSUFFICIENT_CREDITS:7"]
+    eo = NewTask("task_eo", "EO", "/v1/eo", 1, 1, True, None, None, "{}")
+    assert await q.enqueue(w.who, NOW_MS, [eo]) == ["INSUFFICIENT_PERMISSIONS"]
+    assert await q.enqueue(w.who, CYCLE_END_MS, [new_task(3)]) == ["RENEW"]
+    await client.hset(w.account_key, "status", "canceled")
+    assert await q.enqueue(w.who, NOW_MS, [new_task(4)]) == ["SUBSCRIPTION_INACTIVE"]
+    # At dispatch: an inactive subscription fails the queued task, charged 0.
+    assert (await w.settle("r1")).queued == 1
+    ran = await dispatch(q, w)
+    assert ran.failed == [Failed("task_0001", "FLAT", "SUBSCRIPTION_INACTIVE", False)]
+    assert await w.balance() == (12, 5, 0)
+
+
+@case
+async def queue_keys_share_the_accounts_hash_tag(client: Any) -> None:
+    w = await make_world(client, credits=100, concurrency=1)
+    q = QueueStore(w.ledger)
+    a = w.account.id
+    assert await q.enqueue(
+        w.who, NOW_MS, [new_task(1, idem="k", webhook="http://h/"), new_task(2)]
+    ) == ["OK", "OK"]
+    record = f"W|chan|{w.key.id}|7|{w.account.pricing_version}||||{NOW_MS + 5000}"
+    await dispatch(q, w)  # task_0001 runs
+    await dispatch(q, w, join=("w1", record))  # and w1 waits
+    await q.cancel(w.who, "task_0002", NOW_MS + 1)
+    await finish(q, w, "task_0001")
+    index = {
+        keys.api_key(hash_key(w.plaintext)),
+        keys.org_index(w.who.org_id),
+        keys.key_index(w.key.id),
+        keys.CYCLE_ENDS,
+    }
+    written = set(await all_keys(client, "*")) - index
+    assert {hash_tag(name) for name in written} == {f"acct:{a}"}
+    assert {
+        keys.task(a, "task_0001"),
+        keys.task(a, "task_0002"),
+        keys.waiting(a, w.who.org_id),
+        keys.waiters(a),
+        keys.finished(a),
+        keys.outbox(a),
+        keys.task_idempotency(a),
+        keys.org_tasks(a, w.who.org_id),
+    } <= written
 
 
 @pytest.mark.parametrize("behaviour", list(CASES.values()), ids=list(CASES))

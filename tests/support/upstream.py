@@ -1,7 +1,8 @@
 """A real HTTP upstream on loopback that records what reached it.
 
 Behaviour is chosen per request by query parameters the gateway passes through:
-`sleep` (seconds), `status` (HTTP status), `size` (bytes of JSON filler)."""
+`sleep` (seconds), `status` (HTTP status), `size` (bytes of JSON filler); or, for a request
+without a query (an async task's), by the same names in its JSON body."""
 
 from __future__ import annotations
 
@@ -53,17 +54,18 @@ class RecordingUpstream:
             Seen(request.method, request.path_qs, CIMultiDict(request.headers), body)
         )
         org = request.headers.get("X-Gateway-Org", "-")
+        asked = _asked(request, body)
         self.in_flight[org] += 1
         self.max_in_flight[org] = max(self.max_in_flight[org], self.in_flight[org])
         try:
-            await asyncio.sleep(float(request.query.get("sleep", 0)))
+            await asyncio.sleep(float(asked.get("sleep", 0)))
         finally:
             self.in_flight[org] -= 1
-        status = int(request.query.get("status", 200))
+        status = int(asked.get("status", 200))
         payload = {
             "success": 200 <= status < 300,
             "path": request.path,
-            "filler": "x" * int(request.query.get("size", 0)),
+            "filler": "x" * int(asked.get("size", 0)),
         }
         return web.Response(
             status=status,
@@ -71,3 +73,13 @@ class RecordingUpstream:
             content_type="application/json",
             headers={"X-Upstream": "yes", "Connection": "keep-alive"},
         )
+
+
+def _asked(request: web.Request, body: bytes) -> dict[str, object]:
+    if request.query or not body:
+        return dict(request.query)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}

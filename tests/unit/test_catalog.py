@@ -93,6 +93,42 @@ def test_the_shipped_chatgpt_price_includes_the_sync_surcharge(shipped: Catalog)
     assert price.base == 7
 
 
+def test_the_shipped_catalog_maps_every_cloro_task_type(shipped: Catalog) -> None:
+    options = shipped.async_
+    assert options is not None
+    assert options.task_types == {
+        "CHATGPT": "/v1/monitor/chatgpt",
+        "GEMINI": "/v1/monitor/gemini",
+        "PERPLEXITY": "/v1/monitor/perplexity",
+        "COPILOT": "/v1/monitor/copilot",
+        "GROK": "/v1/monitor/grok",
+        "AIMODE": "/v1/monitor/aimode",
+        "GOOGLE": "/v1/monitor/google",
+        "GOOGLE_NEWS": "/v1/monitor/google/news",
+    }
+    assert options.sync_surcharge == 2 and options.max_batch == 500
+    assert options.webhooks.header_prefix == "X-Cloro-"
+    assert options.webhooks.allow_private_targets is False
+    for task_type in options.task_types:
+        route = shipped.task_route(task_type)
+        assert route is not None and route.price is not None and "POST" in route.methods
+    assert shipped.task_route("NOPE") is None
+    assert shipped.limits.max_queue_wait_s == 60 and shipped.limits.max_waiting_per_org == 100
+
+
+def test_all_async_problems_are_listed_together() -> None:
+    with pytest.raises(CatalogInvalid) as caught:
+        load_catalog(BAD / "async_task_type_route.yaml")
+    assert caught.value.problems == [
+        f"async.task_types.{name}: {path!r} is not the path of a metered POST route"
+        for name, path in (
+            ("COUNTRIES", "/v1/countries"),
+            ("FREE", "/v1/free"),
+            ("GONE", "/v1/gone"),
+        )
+    ]
+
+
 def test_the_version_is_a_digest_of_the_bytes(shipped: Catalog) -> None:
     raw = SHIPPED.read_bytes()
     assert shipped.version
@@ -167,12 +203,6 @@ BAD_FILES = [
         id="change cap",
     ),
     pytest.param(
-        "short_backoff.yaml",
-        "async.webhooks",
-        "backoff_s lists 2 waits; 5 attempts need 4",
-        id="short backoff",
-    ),
-    pytest.param(
         "negative_backoff.yaml",
         "async.webhooks.backoff_s[1]",
         "greater than 0",
@@ -183,6 +213,25 @@ BAD_FILES = [
         "async.webhooks.backoff_s[0]",
         "finite number",
         id="infinite backoff",
+    ),
+    pytest.param(
+        "async_task_type_route.yaml",
+        "async.task_types.COUNTRIES",
+        "not the path of a metered POST route",
+        id="task type route",
+    ),
+    pytest.param(
+        "async_short_backoff.yaml",
+        "async.webhooks",
+        "backoff_s must list a wait before each of attempts 2..4",
+        id="backoff",
+    ),
+    pytest.param("async_unknown_key.yaml", "async.retries", "unknown key", id="async key"),
+    pytest.param(
+        "negative_queue_wait.yaml",
+        "limits.max_queue_wait_s",
+        "greater than or equal to 0",
+        id="queue wait",
     ),
 ]
 
@@ -299,8 +348,9 @@ def test_webhook_options_default_to_the_spec_and_read_the_async_block() -> None:
     assert catalog.async_ is None
     options = parse_catalog(
         HEADER
-        + b"routes:\n  - {path: /a, upstream: s}\n"
-        + b"async:\n  webhooks: {header_prefix: X-Acme-, attempts: 2, backoff_s: [0.5]}\n"
+        + b"routes:\n  - {path: /a, methods: [POST], upstream: s, price: {base: 3}}\n"
+        + b"async:\n  task_types: {A: /a}\n"
+        + b"  webhooks: {header_prefix: X-Acme-, attempts: 2, backoff_s: [0.5]}\n"
     ).async_
     assert options is not None
     assert options.webhooks.header_prefix == "X-Acme-"

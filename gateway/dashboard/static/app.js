@@ -201,6 +201,25 @@ function renderWebhooks(settings) {
 function showSecret(secret) {
   $("webhook-secret").textContent = secret;
   $("webhook-new").hidden = !secret;
+// The org's queue (SPEC 10); a gateway without the async API answers 404: no panel then.
+async function loadTasks() {
+  let status, listed;
+  try {
+    [status, listed] = await Promise.all([api("/v1/async/status"),
+                                          api("/v1/async/tasks?limit=25")]);
+  } catch (error) {
+    if (/RESOURCE_NOT_FOUND/.test(error.message)) { $("async-panel").hidden = true; return; }
+    throw error;
+  }
+  $("async-queued").textContent = number(status.queuedTasks);
+  $("async-processing").textContent = number(status.processingTasks);
+  fillTable("async-table", listed.tasks, [
+    (t) => when(t.createdAt), (t) => t.taskType, (t) => t.status, (t) => String(t.priority),
+    (t) => t.credits.creditsCharged === null
+      ? "up to " + number(t.credits.creditsToCharge) : number(t.credits.creditsCharged),
+    (t) => t.id,
+  ]);
+  $("async-panel").hidden = false;
 }
 
 async function load() {
@@ -211,6 +230,7 @@ async function load() {
   ]);
   renderAccount(account, credits);
   renderWebhooks(webhooks);
+  await loadTasks();
   renderPlans(plans.plans, account);
   renderChart(usage, account);
   fillTable("recent-requests", requests.requests, [

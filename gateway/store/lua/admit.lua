@@ -4,6 +4,7 @@
 --   3. take a concurrency lease for the org,
 --   4. hold the request's price against the account's credits.
 -- A refused request changes nothing but the rate window and the reclaims.
+-- Loaded after lease.lua (reclaim_expired, take_lease), which dispatch.lua shares.
 --
 -- KEYS[1] account hash   gw:{acct:<A>}:account
 -- KEYS[2] org leases     gw:{acct:<A>}:leases:<O>   zset, member = request id, score = expiry (ms)
@@ -82,26 +83,10 @@ if idempotent then
   end
 end
 
--- 1. Leases not renewed in time belong to dead processes: free the slot and the credits.
--- A live process cut off from the store for longer than the TTL may still settle (from its
--- spool): remember the request as reclaimed, so that settle lands its charge exactly once.
-local reclaimed = 0
-local released = 0
-local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
-for _, id in ipairs(expired) do
-  local hold = redis.call('HGET', holds, id)
-  if hold then
-    local credits, cycle = string.match(hold, '^(%d+):(%d+)$')
-    if cycle == cycle_start then released = released + tonumber(credits) end
-    redis.call('HDEL', holds, id)
-    redis.call('ZADD', KEYS[5], now, id)
-  end
-  reclaimed = reclaimed + 1
-end
+-- 1. Leases not renewed in time belong to dead processes (lease.lua).
+local reclaimed, released = reclaim_expired(leases, holds, KEYS[5], now, cycle_start,
+  tonumber(ARGV[11]))
 if reclaimed > 0 then
-  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[11]))
-  redis.call('PEXPIRE', KEYS[5], ARGV[11])
   held = held - released
   remaining = allocation - used - held
 end
@@ -139,8 +124,7 @@ if price > remaining and f[9] ~= '1' then
   save('rate_sec', second, 'rate_count', count)
   return {'INSUFFICIENT_CREDITS', rps, rps - count, limit, current, remaining, reclaimed}
 end
-redis.call('ZADD', leases, now + ttl, request_id)
-redis.call('HSET', holds, request_id, ARGV[6] .. ':' .. cycle_start)
+take_lease(leases, holds, request_id, now, ttl, price, cycle_start)
 if idempotent then
   redis.call('HSET', KEYS[4], 'state', 'inflight', 'hash', ARGV[9], 'request', request_id)
   redis.call('EXPIRE', KEYS[4], ARGV[10])
