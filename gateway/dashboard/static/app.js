@@ -201,6 +201,8 @@ function renderWebhooks(settings) {
 function showSecret(secret) {
   $("webhook-secret").textContent = secret;
   $("webhook-new").hidden = !secret;
+}
+
 // The org's queue (SPEC 10); a gateway without the async API answers 404: no panel then.
 async function loadTasks() {
   let status, listed;
