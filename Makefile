@@ -58,6 +58,7 @@ bench: $(TESTING)
 # Builds of this repository's history side by side: what each optimisation changed, in one run.
 bench-steps: $(TESTING)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx-light)
 	$(BIN)/python bench/steps.py
 
 # About five minutes of chaos under load (not part of `make test`); SOAK_SECONDS to change it.
