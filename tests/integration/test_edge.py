@@ -150,6 +150,45 @@ async def test_a_body_that_stalls_gets_408_after_the_body_deadline(
     writer.close()
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["with-the-head", "in-parts"])
+async def test_a_chunked_body_over_the_limit_is_413_whenever_it_arrives(
+    edge: Running, upstream: RecordingUpstream, whole: bool
+) -> None:
+    """No declared length to refuse up front: the size is checked on the body itself, both
+    when it came whole with the head (read without waiting) and when it comes in parts."""
+    c = await edge.new_customer("five")
+    head = (
+        f"POST {FLAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"%x\r\n%s\r\n" % (2500, b"x" * 2500)
+    if whole:
+        reader, writer = await _raw(edge, head + chunk + chunk + b"0\r\n\r\n")
+    else:
+        reader, writer = await _raw(edge, head + chunk)
+        await asyncio.sleep(0.1)
+        writer.write(chunk + b"0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"PAYLOAD_TOO_LARGE"), 3)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert upstream.requests == []
+    writer.close()
+
+
+async def test_a_chunked_body_within_the_limit_reaches_the_upstream_whole(
+    edge: Running, upstream: RecordingUpstream
+) -> None:
+    c = await edge.new_customer("five")
+    head = (
+        f"POST {FLAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await _raw(edge, head + b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+    answer = await _closed_within(reader, 3)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert [seen.body for seen in upstream.requests] == [b"abcdefg"]
+    writer.close()
+
+
 async def test_idle_and_half_sent_connections_are_closed_at_their_deadlines(
     edge: Running,
 ) -> None:
