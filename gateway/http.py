@@ -118,7 +118,6 @@ def _record(request: web.Request, status: int, outcome: str, started: float, cre
         if credits:
             gw.metrics.org_credits_charged.labels(who.org_id).inc(credits)
     if gw.access_log.enabled:
-        upstream_seconds = request.get(UPSTREAM_SECONDS)
         gw.access_log.write(
             request_id=request[REQUEST_ID],
             method=request.method,
@@ -128,8 +127,8 @@ def _record(request: web.Request, status: int, outcome: str, started: float, cre
             credits=credits,
             account=who.account_id if who else None,
             org=who.org_id if who else None,
-            latency_ms=round(seconds * 1000, 1),
-            upstream_ms=None if upstream_seconds is None else round(upstream_seconds * 1000, 1),
+            seconds=seconds,
+            upstream_seconds=request.get(UPSTREAM_SECONDS),
         )
     return seconds
 
