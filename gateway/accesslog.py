@@ -1,10 +1,9 @@
 """The access log (SPEC 8): one line per request of the public listener, without a logging
 record or a syscall per request.
 
-A request only queues its values. The queue is encoded (orjson, or a short template for
-`text`) and written in one go when it holds FLUSH_LINES lines and otherwise FLUSH_S after its
-first line at the latest; on drain (the public app's cleanup) and at exit. A crash loses at
-most the last FLUSH_S of lines.
+Lines are encoded at once (orjson, or a short template for `text`) into one buffer, which is
+written when it passes FLUSH_BYTES and otherwise FLUSH_S after its first line at the latest; on
+drain (the public app's cleanup) and at exit. A crash loses at most the last FLUSH_S of lines.
 The line has the fields and names the JSON formatter of gateway/logs.py gives any record."""
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-FLUSH_LINES = 256  # about 80 KB of JSON
+FLUSH_BYTES = 64 * 1024
 FLUSH_S = 0.1
 # A write to a pipe of at most PIPE_BUF bytes is atomic: lines of the workers that share one
 # stderr never interleave mid-line. Regular files get the whole buffer in one write.
@@ -33,8 +32,6 @@ FILE_CHUNK = 1024 * 1024
 LOGGER = "gateway.access"
 STDERR = "-"
 OFF = "off"
-# time, request_id, method, route, status, outcome, credits, account, org, seconds, upstream
-_Line = tuple[float, str, str, str, int, str, int, str | None, str | None, float, float | None]
 
 
 class AccessLog:
@@ -50,7 +47,7 @@ class AccessLog:
         )
         self.destination = destination
         self._text = fmt == "text"
-        self._pending: list[_Line] = []
+        self._buffer = bytearray()
         self._fd: int | None = None
         self._chunk = FILE_CHUNK
         self._timer: asyncio.TimerHandle | None = None
@@ -82,38 +79,54 @@ class AccessLog:
         seconds: float,
         upstream_seconds: float | None,
     ) -> None:
-        """Queue one request's line; it reaches the destination within FLUSH_S. Lines are
-        encoded a batch at a time when they are written, not one by one between requests."""
-        pending = self._pending
-        pending.append(
-            (
-                time.time(),
-                request_id,
-                method,
-                route,
-                status,
-                outcome,
-                credits,
-                account,
-                org,
-                seconds,
-                upstream_seconds,
-            )
-        )
-        if len(pending) >= FLUSH_LINES:
+        """Add one request's line; it reaches the destination within FLUSH_S. Encoded now
+        (a few microseconds), so that a flush only writes: encoding a whole batch at once
+        would hold up the requests that arrive meanwhile."""
+        stamp = self._stamp(time.time())
+        latency_ms = round(seconds * 1000, 1)
+        upstream_ms = None if upstream_seconds is None else round(upstream_seconds * 1000, 1)
+        if self._text:
+            line = (
+                f"{stamp} INFO {LOGGER} {method} {route} {status} request_id={request_id} "
+                f"account={account} org={org} outcome={outcome} credits={credits} "
+                f"latency_ms={latency_ms} upstream_ms={upstream_ms}\n"
+            ).encode(errors="backslashreplace")
+        else:
+            fields = {
+                "time": stamp,
+                "level": "info",
+                "logger": LOGGER,
+                "message": f"{method} {route} {status}",
+                "request_id": request_id,
+                "account": account,
+                "org": org,
+                "route": route,
+                "status": status,
+                "outcome": outcome,
+                "credits": credits,
+                "latency_ms": latency_ms,
+                "upstream_ms": upstream_ms,
+            }
+            try:
+                line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+            except orjson.JSONEncodeError:  # a string orjson refuses (a lone surrogate)
+                line = (json.dumps(fields) + "\n").encode()
+        buffer = self._buffer
+        first = not buffer
+        buffer += line
+        if len(buffer) >= FLUSH_BYTES:
             self.flush()
-        elif len(pending) == 1 and self._loop is not None:
+        elif first and self._loop is not None:
             self._timer = self._loop.call_later(FLUSH_S, self._timed_flush)
 
     def flush(self) -> None:
-        """Encode and write out what is queued (blocking, like a logging handler's write)."""
+        """Write out what is buffered (blocking, like a logging handler's write)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending:
+        if not self._buffer:
             return
-        lines, self._pending = self._pending, []
-        data = self._encode_text(lines) if self._text else self._encode_json(lines)
+        data, self._buffer = self._buffer, bytearray()
         if self._fd is None:
             self._open_fd()
         try:
@@ -124,39 +137,6 @@ class AccessLog:
             self._failing = True
         else:
             self._failing = False
-
-    def _encode_json(self, lines: list[_Line]) -> bytes:
-        out = []
-        for now, rid, method, route, status, outcome, credits, account, org, s, up in lines:
-            fields = {
-                "time": self._stamp(now),
-                "level": "info",
-                "logger": LOGGER,
-                "message": f"{method} {route} {status}",
-                "request_id": rid,
-                "account": account,
-                "org": org,
-                "route": route,
-                "status": status,
-                "outcome": outcome,
-                "credits": credits,
-                "latency_ms": round(s * 1000, 1),
-                "upstream_ms": None if up is None else round(up * 1000, 1),
-            }
-            try:
-                out.append(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
-            except orjson.JSONEncodeError:  # a string orjson refuses (a lone surrogate)
-                out.append((json.dumps(fields) + "\n").encode())
-        return b"".join(out)
-
-    def _encode_text(self, lines: list[_Line]) -> bytes:
-        return "".join(
-            f"{self._stamp(now)} INFO {LOGGER} {method} {route} {status} request_id={rid} "
-            f"account={account} org={org} outcome={outcome} credits={credits} "
-            f"latency_ms={round(s * 1000, 1)} "
-            f"upstream_ms={None if up is None else round(up * 1000, 1)}\n"
-            for now, rid, method, route, status, outcome, credits, account, org, s, up in lines
-        ).encode(errors="backslashreplace")
 
     def reopen(self) -> None:
         """After a rotation (SIGHUP): flush to the old file, then append to a new one."""
@@ -178,8 +158,9 @@ class AccessLog:
         self.flush()
 
     def _stamp(self, now: float) -> str:
-        """UTC ISO 8601 to the millisecond, as gateway.clock.iso writes it. A batch is in time
-        order: a millisecond is formatted once, the part up to the second once a second."""
+        """UTC ISO 8601 to the millisecond, as gateway.clock.iso writes it; formatted once a
+        millisecond (a busy gateway writes several lines in one), its date and time of day
+        once a second."""
         ms = int(now * 1000)
         if ms != self._ms:
             second, milli = divmod(ms, 1000)
@@ -203,7 +184,7 @@ class AccessLog:
             os.close(self._fd)
         self._fd = None
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, data: bytearray) -> None:
         """Write whole lines, at most one chunk at a time (a longer line goes alone)."""
         assert self._fd is not None
         view = memoryview(data)
