@@ -9,6 +9,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -542,6 +543,58 @@ async def test_dot_segments_and_encoded_slashes_are_refused(
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400") and b"VALIDATION_ERROR" in answer
     assert upstream.requests == []
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response with a Content-Length: its head and its body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+    assert length is not None, head
+    return head, await asyncio.wait_for(reader.readexactly(int(length[1])), 2)
+
+
+@pytest.mark.parametrize(
+    ("version", "connection", "kept", "says"),
+    [
+        ("1.1", None, True, None),
+        ("1.1", "close", False, b"close"),
+        ("1.0", None, False, None),
+        ("1.0", "keep-alive", True, b"keep-alive"),
+    ],
+)
+async def test_a_proxied_reply_keeps_the_connection_as_http_says(
+    edge: Running,
+    upstream: RecordingUpstream,
+    version: str,
+    connection: str | None,
+    kept: bool,
+    says: bytes | None,
+) -> None:
+    """A reply whose body came whole is sent in one piece: Content-Length, Date, the security
+    headers and the keep-alive rules of each HTTP version as for any other response."""
+    c = await edge.new_customer("five")
+    extra = f"Connection: {connection}\r\n" if connection else ""
+    request = (
+        f"POST {FLAT}?size=300 HTTP/{version}\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n"
+        f"{extra}Content-Length: 2\r\n\r\n{{}}"
+    ).encode()
+    reader, writer = await _raw(edge, request)
+    head, body = await _reply(reader)
+    assert head.startswith(f"HTTP/{version} 200 OK\r\n".encode())
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if line)
+    assert headers[b"Content-Length"] == str(len(body)).encode() and len(body) > 300
+    assert headers[b"Content-Type"] == b"application/json" and b"Date" in headers
+    assert headers[b"Server"] == b"gateway" and headers[b"X-Content-Type-Options"] == b"nosniff"
+    assert headers[b"X-Credits-Charged"] == b"10"
+    assert headers.get(b"Connection") == says
+    if kept:  # a second request on the same connection is answered
+        writer.write(request)
+        assert (await _reply(reader))[0].startswith(f"HTTP/{version} 200 OK".encode())
+        writer.close()
+    else:
+        assert await _closed_within(reader, 2) == b""
+        writer.close()
+    assert len(upstream.requests) == (2 if kept else 1)
 
 
 async def test_what_is_matched_is_what_is_forwarded(
