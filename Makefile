@@ -13,7 +13,7 @@ TESTING := $(VENV)/.testing
 UV := uv==0.13.9
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 
-.PHONY: run test lint lock clean bench bench-steps bench-cluster bench-queue soak
+.PHONY: run test lint lock clean bench bench-steps bench-cluster bench-queue profile soak
 
 $(RUNTIME): requirements.lock pyproject.toml
 	$(PYTHON) -m venv --upgrade-deps $(VENV)
@@ -58,6 +58,7 @@ bench: $(TESTING)
 # Builds of this repository's history side by side: what each optimisation changed, in one run.
 bench-steps: $(TESTING)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx-light)
 	$(BIN)/python bench/steps.py
 
 # The same gateway on a 3-master Redis Cluster and on a plain server, in one run.
@@ -69,6 +70,13 @@ bench-cluster: $(TESTING)
 bench-queue: $(TESTING)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/queues.py
+
+# Where one gateway process spends its CPU at 64 connections (py-spy, from the test extras);
+# PROFILE_SECONDS, PROFILE_COMMIT, PROFILE_ENV: see bench/profile.py.
+profile: $(TESTING)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx-light)
+	$(BIN)/python bench/profile.py
 
 # About five minutes of chaos under load (not part of `make test`); SOAK_SECONDS to change it.
 soak: $(TESTING)

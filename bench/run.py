@@ -1,18 +1,23 @@
 """`make bench`: one load generator (wrk) against, in one run:
 
 1. the upstream directly, 2. nginx with proxy_pass, 3. a bare aiohttp reverse proxy (the
-baseline), 4. gateway with full metering, 1 worker and 2 workers, on a private redis-server;
+baseline), 4. gateway with full metering and its shipped defaults (JSON access log at INFO,
+written to a file), 1 worker and 2 workers, on a private redis-server, 5. the same 1-worker
+gateway with the access log off (GATEWAY_LOG_LEVEL=WARNING): what the log costs;
 
 at 64 connections and at 1 connection, reporting req/s, p50, p99, the ratio to the bare proxy,
 CPU time per request of the proxy's processes (and of Redis), and Redis commands per request
-(INFO commandstats). The targets take turns for BENCH_ROUNDS rounds and each figure is the
-median of its rounds: this box is shared and its speed drifts by tens of percent within
-minutes, which one run per target would read as a difference between targets. Then many
-concurrent slow requests (the upstream sleeps 2 s) held by one gateway process: errors and
-resident memory per request.
+(INFO commandstats). The upstream is nginx answering `return 200` with ~1 KB of JSON over
+keep-alive: it costs next to nothing, so the proxies' own cost is what the ratios compare (a
+Python upstream on the same two cores capped the bare proxy and the gateway alike). The
+targets take turns for BENCH_ROUNDS rounds and each figure is the median of its rounds: this
+box is shared and its speed drifts by tens of percent within minutes, which one run per target
+would read as a difference between targets. Then many concurrent slow requests (a Python
+upstream that holds them) through one gateway process: errors and resident memory per request.
 
 Writes bench/results/latest.json and prints a table. Speed is reported, never asserted; the run
-fails only on its sanity checks: every response 200, credits charged = requests x price."""
+fails only on its sanity checks: every response 200, credits charged = requests x price, one
+access line per request the gateway counted."""
 
 from __future__ import annotations
 
@@ -49,42 +54,60 @@ RAMP_S = 6.0
 PRICE = 7
 TOKEN = "bench-token"
 PATH = "/v1/monitor/chatgpt"
+SLOW_PATH = "/v1/monitor/slow"  # to the Python upstream, which can hold a request
 CATALOG = """
 upstreams:
   scrapers: {{url: "{upstream}", timeout_s: 30, connect_timeout_s: 5}}
+  slow: {{url: "{slow_upstream}", timeout_s: 30, connect_timeout_s: 5}}
 routes:
   - path: {path}
     methods: [POST]
     upstream: scrapers
+    price: {{base: {price}}}
+  - path: {slow_path}
+    methods: [POST]
+    upstream: slow
     price: {{base: {price}}}
 plans:
   bench: {{price_cents: 100, credits: 1000000000, concurrency: 20000, rate_limit_rps: 1000000}}
 limits: {{lease_ttl_s: 30, max_request_body_bytes: 1048576, charge_on_client_cancel: true,
          shutdown_grace_s: 5}}
 """
+# One nginx process each (`daemon off`, one worker), with a config of its own in the run's
+# temporary directory. Keep-alive connections are never closed for their request count.
 NGINX = """
 worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream scrapers {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+  keepalive_requests 100000000;
+  client_body_temp_path {dir}/{name}-body;
+  proxy_temp_path {dir}/{name}-proxy;
+  fastcgi_temp_path {dir}/{name}-fastcgi;
+  uwsgi_temp_path {dir}/{name}-uwsgi;
+  scgi_temp_path {dir}/{name}-scgi;
+  {upstreams}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port} backlog=4096;
     location / {{
-      proxy_pass http://scrapers;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      {location}
     }}
   }}
 }}
 """
+# The upstream: ~1 KB of JSON (the same body as bench/upstream.py) on every path, at once.
+NGINX_UPSTREAM = "default_type application/json; return 200 '{body}';"
+NGINX_PROXY = "proxy_pass http://scrapers; proxy_http_version 1.1; proxy_set_header Connection '';"
+
+
+def upstream_body() -> str:
+    from bench.upstream import BODY
+
+    text = BODY.decode()
+    assert "'" not in text and "$" not in text and "\\" not in text  # as nginx reads it
+    return text
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -277,16 +300,23 @@ class Stack:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[subprocess.Popen[bytes], Path] = {}  # each process's stdout and stderr
         self.dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
 
     def spawn(
         self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> subprocess.Popen[bytes]:
-        log = (self.dir / f"proc-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen(
-            list(args), cwd=cwd, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT
-        )
+        path = self.dir / f"proc-{len(self.procs)}.log"
+        with path.open("wb") as log:
+            proc = subprocess.Popen(
+                list(args),
+                cwd=cwd,
+                env=env or dict(os.environ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
+        self.logs[proc] = path
         return proc
 
     def gateway(
@@ -298,15 +328,21 @@ class Stack:
         *,
         workers: int = 1,
         tree: Path = ROOT,
+        log: bool = True,
     ) -> subprocess.Popen[bytes]:
-        """`gateway serve` of the build in `tree` (this checkout unless told otherwise)."""
+        """`gateway serve` of the build in `tree` (this checkout unless told otherwise), with
+        its shipped settings: the access log at INFO, written to access-<port>.log (a build
+        older than GATEWAY_ACCESS_LOG writes it to its stderr, proc-<n>.log). `log=False`:
+        GATEWAY_LOG_LEVEL=WARNING, no access lines."""
         env = {
             **os.environ,
             "GATEWAY_ADMIN_TOKEN": TOKEN,
-            "GATEWAY_LOG_LEVEL": "WARNING",
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_SPOOL_DIR": str(self.dir / f"spool-{port}"),
+            "GATEWAY_ACCESS_LOG": str(self.dir / f"access-{port}.log"),
         }
+        if not log:
+            env["GATEWAY_LOG_LEVEL"] = "WARNING"
         return self.spawn(
             PY, "-m", "gateway", "serve", "--config", str(catalog),
             "--port", str(port), "--admin-port", str(admin_port),
@@ -314,7 +350,24 @@ class Stack:
             env=env, cwd=tree,
         )  # fmt: skip
 
-    def stop(self) -> None:
+    def nginx(self, name: str, port: int, location: str, upstreams: str = "") -> int:
+        """An nginx of its own on `port`; returns the master's pid (its worker is a child)."""
+        conf = self.dir / f"{name}.conf"
+        conf.write_text(
+            NGINX.format(dir=self.dir, name=name, port=port, location=location, upstreams=upstreams)
+        )
+        proc = self.spawn("nginx", "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;")
+        return proc.pid
+
+    def nginx_upstream(self) -> tuple[str, int]:
+        """The near-free upstream: its URL and pid."""
+        port = free_port()
+        pid = self.nginx("upstream", port, NGINX_UPSTREAM.format(body=upstream_body()))
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        return f"http://127.0.0.1:{port}", pid
+
+    def halt(self) -> None:
+        """SIGTERM to every process (gateways drain and flush their logs), then wait."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -323,7 +376,38 @@ class Stack:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def access_lines(directory: Path, port: int, proc_log: Path) -> int:
+    """Access lines a stopped gateway wrote: to its access log file, or to its stderr."""
+    count = 0
+    for path in (directory / f"access-{port}.log", proc_log):
+        if path.exists():
+            with path.open("rb") as lines:
+                count += sum(1 for line in lines if b'"gateway.access"' in line)
+    return count
+
+
+def requests_counted(admin_port: int) -> int:
+    """gateway_requests_total of a gateway, all labels summed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics") as reply:
+        text = reply.read().decode()
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("gateway_requests_total{")
+        )
+    )
+
+
+GATEWAYS = ("gateway_1w", "gateway_1w_nolog", "gateway_2w")
+TARGETS = ("upstream", "nginx", "bare_proxy", *GATEWAYS)
 
 
 def main() -> int:
@@ -332,29 +416,47 @@ def main() -> int:
     stack = Stack()
     redis_server = RedisServer().start()
     results: dict[str, Any] = {"duration": DURATION, "runs": {}}
+    ports = {name: (free_port(), free_port()) for name in GATEWAYS}
     try:
-        up, nginx_port, bare, gw1, gw1_admin, gw2, gw2_admin = (free_port() for _ in range(7))
-        upstream = f"http://127.0.0.1:{up}"
-        stack.spawn(PY, str(ROOT / "bench/upstream.py"), str(up))
-        stack.spawn(PY, str(ROOT / "bench/bare_proxy.py"), str(bare), upstream)
-        (stack.dir / "nginx.conf").write_text(
-            NGINX.format(dir=stack.dir, upstream_port=up, port=nginx_port)
-        )
-        stack.spawn(
-            "nginx", "-p", str(stack.dir), "-c", str(stack.dir / "nginx.conf"), "-g", "daemon off;"
+        slow_port, nginx_port, bare = free_port(), free_port(), free_port()
+        upstream, upstream_pid = stack.nginx_upstream()
+        slow_upstream = f"http://127.0.0.1:{slow_port}"
+        procs = {"upstream": upstream_pid}
+        stack.spawn(PY, str(ROOT / "bench/upstream.py"), str(slow_port))
+        procs["bare_proxy"] = stack.spawn(
+            PY, str(ROOT / "bench/bare_proxy.py"), str(bare), upstream
+        ).pid
+        procs["nginx"] = stack.nginx(
+            "proxy",
+            nginx_port,
+            NGINX_PROXY,
+            upstreams=f"upstream scrapers {{ server {upstream[7:]}; keepalive 128; }}",
         )
         catalog = stack.dir / "bench.yaml"
-        catalog.write_text(CATALOG.format(upstream=upstream, price=PRICE, path=PATH))
-        gateways = {
-            name: stack.gateway(catalog, redis_server.url, port, admin_port, workers=workers)
-            for name, port, admin_port, workers in (
-                ("gateway_1w", gw1, gw1_admin, 1),
-                ("gateway_2w", gw2, gw2_admin, 2),
+        catalog.write_text(
+            CATALOG.format(
+                upstream=upstream,
+                slow_upstream=slow_upstream,
+                price=PRICE,
+                path=PATH,
+                slow_path=SLOW_PATH,
             )
+        )
+        gateways = {
+            name: stack.gateway(
+                catalog,
+                redis_server.url,
+                *ports[name],
+                workers=2 if name == "gateway_2w" else 1,
+                log=not name.endswith("_nolog"),
+            )
+            for name in GATEWAYS
         }
-        for port in (up, bare, nginx_port, gw1_admin, gw2_admin):
+        procs.update((name, proc.pid) for name, proc in gateways.items())
+        for port in (slow_port, bare, nginx_port, *(admin for _, admin in ports.values())):
             wait_http(f"http://127.0.0.1:{port}/healthz")
-        wait_http(f"http://127.0.0.1:{gw2}/nowhere")
+        wait_http(f"http://127.0.0.1:{ports['gateway_2w'][0]}/nowhere")
+        gw1, gw1_admin = ports["gateway_1w"]
         account = admin(gw1_admin, "/admin/accounts", {"name": "bench", "plan": "bench"})
         key = admin(gw1_admin, f"/admin/orgs/{account['org_id']}/keys")["key"]
 
@@ -362,10 +464,9 @@ def main() -> int:
             "upstream": f"{upstream}{PATH}",
             "nginx": f"http://127.0.0.1:{nginx_port}{PATH}",
             "bare_proxy": f"http://127.0.0.1:{bare}{PATH}",
-            "gateway_1w": f"http://127.0.0.1:{gw1}{PATH}",
-            "gateway_2w": f"http://127.0.0.1:{gw2}{PATH}",
+            **{name: f"http://127.0.0.1:{ports[name][0]}{PATH}" for name in GATEWAYS},
         }
-        for name in ("gateway_1w", "gateway_2w"):  # warm the key caches of every worker
+        for name in GATEWAYS:  # warm the key caches of every worker
             subprocess.run(
                 ["wrk", "-t1", "-c4", "-d1s", "-s", str(ROOT / "bench/post.lua"), targets[name]],
                 env={**os.environ, "BENCH_KEY": key},
@@ -375,12 +476,6 @@ def main() -> int:
         used_before = admin(gw1_admin, f"/admin/accounts/{account['id']}", method="GET")["credits"][
             "used"
         ]
-        procs = {
-            "upstream": stack.procs[0].pid,
-            "bare_proxy": stack.procs[1].pid,
-            "nginx": stack.procs[2].pid,
-            **{name: proc.pid for name, proc in gateways.items()},
-        }
         rounds: dict[str, list[dict[str, Any]]] = {}
         for connections in (64, 1):
             for _ in range(ROUNDS):
@@ -396,7 +491,7 @@ def main() -> int:
         counted = sum(r["requests"] for n, r in results["runs"].items() if n.startswith("gateway"))
         # wrk stops counting at its deadline with up to one request per connection in flight;
         # the gateway completes (and charges) those, so exactly that much slack is allowed.
-        slack = ROUNDS * 2 * (64 + 1) * PRICE
+        slack = ROUNDS * len(GATEWAYS) * (64 + 1) * PRICE
         results["sanity"] = {
             "all_200": all(
                 r["non_2xx"] == 0 and not r["socket_errors"] for r in results["runs"].values()
@@ -406,15 +501,23 @@ def main() -> int:
             "max_uncounted": slack,
         }
         results["slow"] = asyncio.run(
-            hold_many(targets["gateway_1w"], key, SLOW_REQUESTS, gateways["gateway_1w"].pid)
+            hold_many(
+                f"http://127.0.0.1:{gw1}{SLOW_PATH}", key, SLOW_REQUESTS, gateways["gateway_1w"].pid
+            )
         )
+        gw1_requests = requests_counted(gw1_admin)
+        stack.halt()  # SIGTERM: the gateways drain and flush their access logs
+        results["sanity"]["access_lines"] = {
+            "gateway_1w_requests": gw1_requests,
+            "gateway_1w_lines": access_lines(stack.dir, gw1, stack.logs[gateways["gateway_1w"]]),
+        }
     finally:
         stack.stop()
         redis_server.stop()
 
     for c in (64, 1):
         bare_run = results["runs"][f"bare_proxy@{c}"]
-        for name in ("upstream", "nginx", "bare_proxy", "gateway_1w", "gateway_2w"):
+        for name in TARGETS:
             run = results["runs"][f"{name}@{c}"]
             run["ratio_to_bare"] = round(run["rps"] / bare_run["rps"], 3)
             # The same round's bare run ran minutes apart at most: its ratio is the paired one.
@@ -426,20 +529,38 @@ def main() -> int:
             run["cpu_ratio_to_bare"] = round(
                 run["cpu_us_per_request"] / bare_run["cpu_us_per_request"], 3
             )
+        # What the access log costs: the CPU per request it adds, as a share of the logged
+        # gateway's, paired round by round.
+        logged, unlogged = (
+            results["runs"][f"gateway_1w@{c}"],
+            results["runs"][f"gateway_1w_nolog@{c}"],
+        )
+        shares = [
+            (on["cpu_us_per_request"] - off["cpu_us_per_request"]) / on["cpu_us_per_request"]
+            for on, off in zip(logged["rounds"], unlogged["rounds"], strict=True)
+        ]
+        logged["access_log_cpu_share"] = round(statistics.median(shares), 3)
+        logged["access_log_cpu_share_per_round"] = [round(x, 3) for x in shares]
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "latest.json").write_text(json.dumps(results, indent=2))
     print(f"medians of {ROUNDS} rounds of {DURATION} per target")
     print(
-        f"{'target':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}{'+p99 ms':>9}"
+        f"{'target':<22}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}{'+p99 ms':>9}"
         f"{'cpu us/req':>12}{'redis us':>10}  x bare per round"
     )
     for name, run in results["runs"].items():
         print(
-            f"{name:<18}{run['rps']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
+            f"{name:<22}{run['rps']:>10.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
             f"{run['ratio_to_bare']:>8.2f}{run['added_p99_ms']:>9.2f}"
             f"{run['cpu_us_per_request']:>12.0f}{run['redis_cpu_us_per_request']:>10.0f}"
             f"  {run['ratio_to_bare_per_round']}"
+        )
+    for c in (64, 1):
+        run = results["runs"][f"gateway_1w@{c}"]
+        print(
+            f"access log @{c}: {run['access_log_cpu_share']:.1%} of gateway_1w's CPU per request"
+            f" (per round {run['access_log_cpu_share_per_round']})"
         )
     for name, run in results["runs"].items():
         if "redis_calls_per_request" in run:
@@ -449,7 +570,9 @@ def main() -> int:
     sanity = results["sanity"]
     extra = sanity["credits_used"] - sanity["counted_requests_x_price"]
     slow_ok = not results["slow"]["errors"] and set(results["slow"]["statuses"]) == {200}
-    ok = sanity["all_200"] and 0 <= extra <= sanity["max_uncounted"] and slow_ok
+    lines = sanity["access_lines"]
+    lines_ok = lines["gateway_1w_lines"] == lines["gateway_1w_requests"]
+    ok = sanity["all_200"] and 0 <= extra <= sanity["max_uncounted"] and slow_ok and lines_ok
     return 0 if ok else 1
 
 

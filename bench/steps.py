@@ -1,8 +1,9 @@
 """`make bench-steps`: what each optimisation changed, measured in one run.
 
 Builds of the gateway at the commits in STEPS (taken from this repository's history with
-`git archive`) run side by side, each as one worker on the same private redis-server and the
-same upstream, next to the bare aiohttp proxy. wrk takes them in turn, round after round, at 64
+`git archive`) run side by side, each as one worker with its default settings (access log on)
+on the same private redis-server and the same upstream (nginx, `return 200`), next to the bare
+aiohttp proxy. wrk takes them in turn, round after round, at 64
 connections; the report is each build's median ratio to the bare proxy of the same round, and
 its CPU time per request. Sanity: every response 200. Writes bench/results/steps.json."""
 
@@ -56,16 +57,20 @@ def main() -> int:
     redis_server = RedisServer().start()
     rounds: dict[str, list[dict[str, Any]]] = {}
     try:
-        up, bare = free_port(), free_port()
-        upstream = f"http://127.0.0.1:{up}"
-        stack.spawn(bench.PY, str(ROOT / "bench/upstream.py"), str(up))
-        stack.spawn(bench.PY, str(ROOT / "bench/bare_proxy.py"), str(bare), upstream)
+        bare = free_port()
+        upstream, _ = stack.nginx_upstream()
+        bare_pid = stack.spawn(bench.PY, str(ROOT / "bench/bare_proxy.py"), str(bare), upstream).pid
         catalog = stack.dir / "bench.yaml"
         catalog.write_text(
-            bench.CATALOG.format(upstream=upstream, price=bench.PRICE, path=bench.PATH)
+            bench.CATALOG.format(
+                upstream=upstream,
+                slow_upstream=upstream,
+                price=bench.PRICE,
+                path=bench.PATH,
+                slow_path=bench.SLOW_PATH,
+            )
         )
         targets: dict[str, tuple[str, int, str]] = {}  # label -> (url, pid, key)
-        bench.wait_http(f"http://127.0.0.1:{up}/healthz")
         bench.wait_http(f"http://127.0.0.1:{bare}/healthz")
         for commit, _ in STEPS:
             tree = checkout(commit, stack.dir / f"build-{commit}")
@@ -75,7 +80,7 @@ def main() -> int:
             account = bench.admin(admin_port, "/admin/accounts", {"name": commit, "plan": "bench"})
             key = bench.admin(admin_port, f"/admin/orgs/{account['org_id']}/keys")["key"]
             targets[commit] = (f"http://127.0.0.1:{port}{bench.PATH}", proc.pid, key)
-        targets["bare"] = (f"http://127.0.0.1:{bare}{bench.PATH}", stack.procs[1].pid, "-")
+        targets["bare"] = (f"http://127.0.0.1:{bare}{bench.PATH}", bare_pid, "-")
         for url, _, key in targets.values():  # warm up: key caches, scripts, pools
             subprocess.run(
                 ["wrk", "-t1", "-c4", "-d1s", "-s", str(ROOT / "bench/post.lua"), url],

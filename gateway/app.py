@@ -15,6 +15,7 @@ from aiohttp import web
 from redis.exceptions import RedisClusterException, RedisError
 
 from gateway import dashboard
+from gateway.accesslog import AccessLog
 from gateway.api import account, admin
 from gateway.catalog.live import LiveCatalog
 from gateway.catalog.models import Catalog, Limits
@@ -80,6 +81,9 @@ def build_gateway(
         billing=Billing(accounts),
         pricebooks=PriceBooks(accounts, ledger),
         spool=Spool(settings.spool_dir, metrics),
+        access_log=AccessLog(
+            settings.access_log, level=settings.log_level, fmt=settings.log_format
+        ),
         prepare_catalog=prepare,
     )
     gw.dispatcher = Dispatcher(gw, QueueStore(ledger))
@@ -99,6 +103,7 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
     public.on_response_prepare.append(add_security_headers)
     public.cleanup_ctx.extend(
         [
+            _access_log,  # first in, last out: it takes the lines of requests cut at cleanup
             _upstream_client,
             _store_client,
             _lease_renewer,
@@ -118,6 +123,14 @@ def create_apps(gw: Gateway) -> tuple[web.Application, web.Application]:
 
 async def _continue_later(request: web.Request) -> None:
     return None
+
+
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    """Open the access log; flush and close it once the listener has drained."""
+    access_log = app[GATEWAY].access_log
+    access_log.open()
+    yield
+    access_log.close()
 
 
 async def _upstream_client(app: web.Application) -> AsyncIterator[None]:

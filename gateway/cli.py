@@ -102,7 +102,9 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
         return loaded.model_copy(update=update)
 
     token = settings.admin_token or SecretStr(secrets.token_urlsafe(24))
-    settings = settings.model_copy(update={"redis_url": "memory://", "admin_token": token})
+    settings = settings.model_copy(
+        update={"redis_url": "memory://", "admin_token": token, "log_format": "text"}
+    )
     gw = build_gateway(settings, catalog, prepare_catalog=to_demo_upstream)
     try:
         async with serving(
@@ -148,7 +150,7 @@ async def demo(settings: Settings, catalog: Catalog) -> None:
 
 
 async def _until_stopped(gw: Gateway) -> None:
-    """Serve until SIGINT or SIGTERM; SIGHUP reloads the catalog."""
+    """Serve until SIGINT or SIGTERM; SIGHUP reloads the catalog and reopens the access log."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +163,7 @@ def _reload_quietly(gw: Gateway) -> None:
     # A bad file is logged and counted by reload_catalog; the old catalog stays.
     with contextlib.suppress(CatalogInvalid):
         reload_catalog(gw)
+    gw.access_log.reopen()  # after a rotation: a new file at the same path
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.accesslog import AccessLog
 from gateway.catalog.live import LiveCatalog
 from gateway.catalog.models import Catalog
 from gateway.clock import Clock, to_ms
@@ -42,6 +43,7 @@ class Gateway:
     billing: Billing
     pricebooks: PriceBooks
     spool: Spool
+    access_log: AccessLog
     # Applied to every catalog loaded from disk (the demo points upstreams at itself).
     prepare_catalog: Callable[[Catalog], Catalog] = field(default=lambda catalog: catalog)
     http: UpstreamClient = field(init=False)

@@ -38,7 +38,6 @@ from gateway.errors import (
 from gateway.store.ledger import Identity
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-access_log = logging.getLogger("gateway.access")
 # Unique without a syscall per request: a random per-process prefix and a counter.
 _ID_PREFIX = "req_" + os.urandom(8).hex()
 _request_ids = (f"{_ID_PREFIX}{n:016x}" for n in itertools.count())
@@ -120,26 +119,18 @@ def _record(request: web.Request, status: int, outcome: str, started: float, cre
         gw.metrics.org_requests.labels(who.org_id, outcome).inc()
         if credits:
             gw.metrics.org_credits_charged.labels(who.org_id).inc(credits)
-    if access_log.isEnabledFor(logging.INFO):
-        upstream_seconds = request.get(UPSTREAM_SECONDS)
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            route,
-            status,
-            extra={
-                "request_id": request[REQUEST_ID],
-                "account": who.account_id if who else None,
-                "org": who.org_id if who else None,
-                "route": route,
-                "status": status,
-                "outcome": outcome,
-                "credits": credits,
-                "latency_ms": round(seconds * 1000, 1),
-                "upstream_ms": None
-                if upstream_seconds is None
-                else round(upstream_seconds * 1000, 1),
-            },
+    if gw.access_log.enabled:
+        gw.access_log.write(
+            request_id=request[REQUEST_ID],
+            method=request.method,
+            route=route,
+            status=status,
+            outcome=outcome,
+            credits=credits,
+            account=who.account_id if who else None,
+            org=who.org_id if who else None,
+            seconds=seconds,
+            upstream_seconds=request.get(UPSTREAM_SECONDS),
         )
     return seconds
 

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     workers: int = 1
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # The access log: a file path (appended to; reopened on SIGHUP), "-" for stderr (with the
+    # other logs, as containers collect them), "off". Written in batches (gateway/accesslog.py).
+    access_log: str = "-"
     # How long an API key's identity is cached in-process. Revocation is checked by the
     # admit script itself, so this only bounds how long a deleted key's lookup lingers.
     key_cache_ttl_s: float = 60.0

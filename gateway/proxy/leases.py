@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from gateway.clock import Clock, to_ms
@@ -26,18 +25,19 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    @contextmanager
-    def holding(self, who: Identity, request_id: str) -> Iterator[None]:
+    def holding(self, who: Identity, request_id: str) -> _Holding:
+        """`with inflight.holding(who, request_id):` the request holds its lease until the
+        block ends. (A class, not @contextmanager: this runs on every metered request.)"""
         self._leases[request_id] = (who, asyncio.current_task())
         self._idle.clear()
         self._gauge.inc()
-        try:
-            yield
-        finally:
-            del self._leases[request_id]
-            self._gauge.dec()
-            if not self._leases:
-                self._idle.set()
+        return _Holding(self, request_id)
+
+    def _release(self, request_id: str) -> None:
+        del self._leases[request_id]
+        self._gauge.dec()
+        if not self._leases:
+            self._idle.set()
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -56,6 +56,20 @@ class InFlight:
         if left:
             await asyncio.wait(left, timeout=5)
         return len(left)
+
+
+class _Holding:
+    __slots__ = ("_inflight", "_request_id")
+
+    def __init__(self, inflight: InFlight, request_id: str) -> None:
+        self._inflight = inflight
+        self._request_id = request_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._inflight._release(self._request_id)
 
 
 async def renew_forever(

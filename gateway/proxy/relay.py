@@ -8,7 +8,10 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from multidict import CIMultiDict
 
 from gateway.context import REQUEST_ID, STARTED
@@ -32,6 +35,58 @@ class _Response(_AsSent, web.Response):
     def __init__(self, *, status: int, body: bytes, headers: CIMultiDict[str]) -> None:
         self._typed = "Content-Type" in headers
         super().__init__(status=status, body=body, headers=headers)
+
+
+class _Whole(web.StreamResponse):
+    """A reply whose body came whole with its head, the common case, sent as aiohttp's
+    Response sends it (same head, same keep-alive rules, the app's on_response_prepare) in
+    fewer steps: its prepare and write_eof are a dozen coroutines deep, each costing about a
+    microsecond on a busy box. Not for a body that must be empty (HEAD, 204, 304)."""
+
+    def __init__(self, *, status: int, body: bytes, headers: CIMultiDict[str]) -> None:
+        super().__init__(status=status, headers=headers)
+        self._whole = body
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is not None:
+            return self._payload_writer
+        self._must_be_empty_body = False
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        headers = self._headers
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        headers[hdrs.CONTENT_LENGTH] = str(len(self._whole))
+        writer.length = len(self._whole)
+        # No Content-Type unless the upstream sent one (as _AsSent).
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = rfc822_formatted_time()
+        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+        version = request.version
+        if hdrs.CONNECTION not in headers:
+            if keep_alive:
+                if version == HttpVersion10:
+                    headers[hdrs.CONNECTION] = "keep-alive"
+            elif version == HttpVersion11:
+                headers[hdrs.CONNECTION] = "close"
+        await request._prepare_hook(self)
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        await writer.write_headers(status_line, headers)
+        return writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        assert writer is not None, "Response has not been started"
+        await writer.write_eof(self._whole)  # the head and the body, in one write
+        self._eof_sent = True
+        self._req = None
+        self._body_length = writer.output_size
+        self._payload_writer = None
 
 
 class _StreamResponse(_AsSent, web.StreamResponse):
@@ -110,7 +165,9 @@ async def finish(
             transport.abort()
         return out.response
     if out.response is None and request.method != "HEAD":
-        return _Response(status=reply.status, body=out.last, headers=headers)
+        if must_be_empty_body(request.method, reply.status):
+            return _Response(status=reply.status, body=out.last, headers=headers)
+        return _Whole(status=reply.status, body=out.last, headers=headers)
     await _write(request, reply, headers, out, out.last)
     assert out.response is not None
     if not out.gone:

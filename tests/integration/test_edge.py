@@ -9,6 +9,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -110,6 +111,45 @@ async def test_a_body_that_stalls_gets_408_after_the_body_deadline(
     assert 0.4 < time.monotonic() - started < 1.5
     assert answer.startswith(b"HTTP/1.1 408")
     assert upstream.requests == []
+    writer.close()
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["with-the-head", "in-parts"])
+async def test_a_chunked_body_over_the_limit_is_413_whenever_it_arrives(
+    edge: Running, upstream: RecordingUpstream, whole: bool
+) -> None:
+    """No declared length to refuse up front: the size is checked on the body itself, both
+    when it came whole with the head (read without waiting) and when it comes in parts."""
+    c = await edge.new_customer("five")
+    head = (
+        f"POST {FLAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"%x\r\n%s\r\n" % (2500, b"x" * 2500)
+    if whole:
+        reader, writer = await _raw(edge, head + chunk + chunk + b"0\r\n\r\n")
+    else:
+        reader, writer = await _raw(edge, head + chunk)
+        await asyncio.sleep(0.1)
+        writer.write(chunk + b"0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.readuntil(b"PAYLOAD_TOO_LARGE"), 3)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert upstream.requests == []
+    writer.close()
+
+
+async def test_a_chunked_body_within_the_limit_reaches_the_upstream_whole(
+    edge: Running, upstream: RecordingUpstream
+) -> None:
+    c = await edge.new_customer("five")
+    head = (
+        f"POST {FLAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await _raw(edge, head + b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+    answer = await _closed_within(reader, 3)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert [seen.body for seen in upstream.requests] == [b"abcdefg"]
     writer.close()
 
 
@@ -406,17 +446,14 @@ async def test_upstream_tracking_headers_and_cookies_never_reach_the_client(
             await gw.close()
 
 
-async def test_a_replay_is_logged_as_charging_nothing(
-    edge: Running, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_replay_is_logged_as_charging_nothing(edge: Running) -> None:
     c = await edge.new_customer("five")
     headers = {"Idempotency-Key": "once"}
     await edge.call("POST", FLAT, c.key, headers=headers)
-    with caplog.at_level(logging.INFO, logger="gateway.access"):
-        status, replayed, _ = await edge.call("POST", FLAT, c.key, headers=headers)
+    status, replayed, _ = await edge.call("POST", FLAT, c.key, headers=headers)
     assert status == 200 and replayed["Idempotent-Replayed"] == "true"
-    lines = [r for r in caplog.records if r.name == "gateway.access"]
-    assert [getattr(r, "credits", None) for r in lines] == [0]
+    lines = [line for line in edge.access_lines() if line["route"] == FLAT]
+    assert [line["credits"] for line in lines] == [10, 0]
 
 
 # ------------------------------------------------------------- 6, 7: what is forwarded
@@ -471,6 +508,58 @@ async def test_dot_segments_and_encoded_slashes_are_refused(
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400") and b"VALIDATION_ERROR" in answer
     assert upstream.requests == []
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response with a Content-Length: its head and its body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head)
+    assert length is not None, head
+    return head, await asyncio.wait_for(reader.readexactly(int(length[1])), 2)
+
+
+@pytest.mark.parametrize(
+    ("version", "connection", "kept", "says"),
+    [
+        ("1.1", None, True, None),
+        ("1.1", "close", False, b"close"),
+        ("1.0", None, False, None),
+        ("1.0", "keep-alive", True, b"keep-alive"),
+    ],
+)
+async def test_a_proxied_reply_keeps_the_connection_as_http_says(
+    edge: Running,
+    upstream: RecordingUpstream,
+    version: str,
+    connection: str | None,
+    kept: bool,
+    says: bytes | None,
+) -> None:
+    """A reply whose body came whole is sent in one piece: Content-Length, Date, the security
+    headers and the keep-alive rules of each HTTP version as for any other response."""
+    c = await edge.new_customer("five")
+    extra = f"Connection: {connection}\r\n" if connection else ""
+    request = (
+        f"POST {FLAT}?size=300 HTTP/{version}\r\nHost: x\r\nAuthorization: Bearer {c.key}\r\n"
+        f"{extra}Content-Length: 2\r\n\r\n{{}}"
+    ).encode()
+    reader, writer = await _raw(edge, request)
+    head, body = await _reply(reader)
+    assert head.startswith(f"HTTP/{version} 200 OK\r\n".encode())
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if line)
+    assert headers[b"Content-Length"] == str(len(body)).encode() and len(body) > 300
+    assert headers[b"Content-Type"] == b"application/json" and b"Date" in headers
+    assert headers[b"Server"] == b"gateway" and headers[b"X-Content-Type-Options"] == b"nosniff"
+    assert headers[b"X-Credits-Charged"] == b"10"
+    assert headers.get(b"Connection") == says
+    if kept:  # a second request on the same connection is answered
+        writer.write(request)
+        assert (await _reply(reader))[0].startswith(f"HTTP/{version} 200 OK".encode())
+        writer.close()
+    else:
+        assert await _closed_within(reader, 2) == b""
+        writer.close()
+    assert len(upstream.requests) == (2 if kept else 1)
 
 
 async def test_what_is_matched_is_what_is_forwarded(

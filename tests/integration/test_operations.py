@@ -393,6 +393,67 @@ async def test_sigterm_past_the_grace_releases_uncharged(
         await r.aclose()
 
 
+async def test_the_access_log_file_keeps_every_line_through_a_sigterm_drain(
+    catalog_file: Path, redis_url: str, tmp_path: Path, upstream: RecordingUpstream
+) -> None:
+    """Lines are buffered, never lost: N requests, the last one in flight at SIGTERM, give N
+    lines with every field, in the file named by GATEWAY_ACCESS_LOG and nowhere else."""
+    access = tmp_path / "access.log"
+    proc = start_process(catalog_file, redis_url, tmp_path, env={"GATEWAY_ACCESS_LOG": str(access)})
+    n = 40
+    try:
+        async with aiohttp.ClientSession() as http:
+            key = await new_key(http, proc.admin, "hobby")
+            headers = {"Authorization": f"Bearer {key}"}
+            for i in range(n - 1):
+                path = "/v1/monitor/flat?status=500" if i % 4 == 0 else "/v1/monitor/flat"
+                async with http.post(proc.public + path, headers=headers) as r:
+                    await r.read()
+            slow = asyncio.create_task(
+                http.post(f"{proc.public}/v1/monitor/flat?sleep=1", headers=headers)
+            )
+            await wait_for(lambda: sum(upstream.in_flight.values()) == 1)
+            proc.signal(signal.SIGTERM)
+            reply = await slow
+            assert reply.status == 200
+            reply.release()
+        assert proc.wait() == 0
+    finally:
+        proc.stop()
+    text = access.read_text()
+    assert key not in text and key[8:] not in text and ADMIN_TOKEN not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    proxied = [line for line in lines if line["route"] != "unmatched"]  # less the probe
+    assert len(proxied) == n and len({line["request_id"] for line in proxied}) == n
+    assert all(
+        set(line)
+        == {
+            "time",
+            "level",
+            "logger",
+            "message",
+            "request_id",
+            "account",
+            "org",
+            "route",
+            "status",
+            "outcome",
+            "credits",
+            "latency_ms",
+            "upstream_ms",
+        }
+        for line in lines
+    )
+    assert Counter((line["status"], line["outcome"], line["credits"]) for line in proxied) == {
+        (200, "charged", 10): 30,
+        (500, "upstream_error", 0): 10,
+    }
+    last = proxied[-1]
+    assert last["message"] == "POST /v1/monitor/flat 200" and last["upstream_ms"] >= 1000
+    assert last["logger"] == "gateway.access" and last["level"] == "info"
+    assert "gateway.access" not in proc.log()
+
+
 async def test_logs_are_json_lines_without_keys_or_tokens(
     catalog_file: Path, redis_url: str, tmp_path: Path
 ) -> None:

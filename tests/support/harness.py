@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -68,6 +69,12 @@ class Running:
                 parsed = body
             return r.status, CIMultiDict(r.headers), parsed
 
+    def access_lines(self) -> list[dict[str, Any]]:
+        """The access log so far: what is buffered is flushed first."""
+        self.gw.access_log.flush()
+        with open(self.gw.settings.access_log, "rb") as lines:
+            return [json.loads(line) for line in lines]
+
     async def close(self) -> None:
         await self._stack.aclose()
 
@@ -90,6 +97,7 @@ async def start_gateway(
 ) -> Running:
     stack = AsyncExitStack()
     settings.setdefault("spool_dir", tempfile.mkdtemp(prefix="gw-spool-"))
+    settings.setdefault("access_log", str(Path(tempfile.mkdtemp(prefix="gw-access-")) / "log"))
     gw = build_gateway(
         Settings(
             redis_url=redis_url,
