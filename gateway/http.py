@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.context import (
     CHARGED,
@@ -50,6 +51,10 @@ def as_gateway_error(exc: BaseException) -> GatewayError:
         return exc
     if isinstance(exc, StoreError):
         return ServiceUnavailable(retry_after_s=exc.retry_after_s)
+    if isinstance(exc, RedisError | RedisClusterException):
+        # A store call made without the ledger's wrapper (the account views, say): the store
+        # is unreachable, which is a 503 like any other, never a 500.
+        return ServiceUnavailable()
     if isinstance(exc, web.HTTPException):
         if exc.status == 404:
             return NotFound()

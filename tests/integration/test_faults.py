@@ -218,6 +218,9 @@ async def test_store_down_fails_closed_fast_and_comes_back(
         assert len(upstream.requests) == 1  # nothing forwarded without a lease
         async with gw.http.get(gw.admin + "/readyz") as reply:
             assert reply.status == 503
+        # Calls that reach Redis without the ledger's wrapper are 503 too, never 500.
+        status, body = await gw.admin_call("GET", f"/admin/accounts/{c.account_id}")
+        assert status == 503 and body["error"]["code"] == "SERVICE_UNAVAILABLE"
         durable_redis.start()
         deadline = time.monotonic() + 10
         while (await gw.call("POST", FLAT, c.key))[0] != 200:
