@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -836,3 +837,24 @@ async def test_a_request_refused_for_its_input_counts_and_says_its_window(
     _, headers, _ = await edge.call("POST", PRICED, c.key, data=b"[]")
     assert int(headers["X-RateLimit-Remaining"]) == first - 1
     assert upstream.requests == []
+
+
+async def test_a_compressed_body_is_bounded_decoded_and_deflate_is_read_too(
+    edge: Running, upstream: RecordingUpstream
+) -> None:
+    c = await edge.new_customer("five")
+    bomb = gzip.compress(b'{"pages": 1, "pad": "' + b"0" * 3_000_000 + b'"}')
+    assert len(bomb) < 4096  # within the test catalog's body limit as sent
+    status, _, answer = await edge.call(
+        "POST", PRICED, c.key, data=bomb, headers={"Content-Encoding": "gzip"}
+    )
+    assert status == 413 and answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    status, headers, _ = await edge.call(
+        "POST",
+        PRICED,
+        c.key,
+        data=zlib.compress(b'{"pages": 2}'),
+        headers={"Content-Encoding": "deflate"},
+    )
+    assert status == 200 and headers["X-Credits-Charged"] == "9"  # 7 + 2 x (2 - 1)
+    assert len(upstream.requests) == 1
