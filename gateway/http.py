@@ -36,6 +36,7 @@ from gateway.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from gateway.listener import drop_unread_body
 from gateway.store.ledger import Identity
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -104,6 +105,7 @@ async def public_middleware(request: web.Request, handler: Handler) -> web.Strea
             # Refused before its body was read (a bad key, say): end the connection rather
             # than read the rest of a body nobody wants.
             response.force_close()
+            drop_unread_body(request)
     # What the gateway charged, from the request's own record: never an upstream's header.
     status = 499 if outcome == "client_canceled" else response.status
     seconds = _record(request, status, outcome, started, request.get(CHARGED, 0))
