@@ -258,6 +258,8 @@ async def replay_spool(gw: Gateway) -> None:
         except StoreError:
             return  # still down: try again next round
         gw.spool.landed(order["request_id"])
+        if settled.queued and not gw.draining:  # as on the hot path: the freed slot is wanted
+            gw.dispatcher.kick(who.account_id, who.org_id)
         log.info(
             "spooled settlement landed",
             extra={

@@ -22,7 +22,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.upstream import request_headers
 from gateway.store.ledger import Identity
 from gateway.store.spool import Spool
-from tests.support.harness import ADMIN_TOKEN, Running, catalog_for, start_gateway
+from tests.support.harness import ADMIN_TOKEN, DATA, Running, catalog_for, start_gateway
 from tests.support.process import start_process, write_catalog
 from tests.support.redis_server import RedisServer
 from tests.support.upstream import RecordingUpstream
@@ -387,6 +387,38 @@ async def test_a_spooled_success_lands_after_an_outage_longer_than_the_lease_ttl
         assert state == {"used": 20, "held": 0, "leases": 0}
     finally:
         await adopter.close()
+
+
+async def test_a_spooled_settle_that_lands_gives_the_freed_slot_to_the_queue(
+    durable_redis: RedisServer, upstream: RecordingUpstream
+) -> None:
+    # The slot of an org limited to 1 is freed by a settle that was spooled during an outage: the
+    # task queued behind it runs as soon as the replay lands, not at the next sweep (a minute).
+    catalog = catalog_for(upstream.url, DATA / "queue_catalog.yaml")
+    gw = await start_gateway(durable_redis.url, catalog, queue_sweep_s=60)
+    try:
+        c = await gw.new_customer("one")
+        slow = asyncio.create_task(gw.call("POST", f"{FLAT}?sleep=0.6", c.key, json={}))
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+        status, _, created = await gw.call(
+            "POST", "/v1/async/task", c.key, json={"taskType": "FLAT", "payload": {}}
+        )
+        assert status == 200 and created["task"]["status"] == "QUEUED", created
+        durable_redis.halt()
+        assert (await slow)[0] == 200
+        assert len(gw.gw.spool) == 1
+        durable_redis.start()
+        deadline = time.monotonic() + 10
+        while True:
+            status, _, view = await gw.call("GET", f"/v1/async/task/{created['task']['id']}", c.key)
+            if status == 200 and view["task"]["status"] == "COMPLETED":
+                break
+            assert time.monotonic() < deadline, f"the queued task never ran: {view}"
+            await asyncio.sleep(0.1)
+        assert len(gw.gw.spool) == 0 and len(upstream.requests) == 2
+    finally:
+        await gw.close()
 
 
 def test_a_spool_line_written_before_orders_carried_a_price_is_still_replayed(
